@@ -1,0 +1,407 @@
+"""The `cifartui` command: the headless subcommands, with Rich output.
+
+Exit codes: 0 finished; 1 the run failed unexpectedly (traceback in the run's
+error.log); 2 a user mistake (preset, option, data, checkpoint, device), reported in
+one message with no traceback; 3 the run stopped on a non-finite loss or a
+checkpoint it could not write; 130 / 143 / 129 stopped by SIGINT / SIGTERM / SIGHUP
+after writing a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import signal
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from cifartui import presets
+from cifartui.config import ConfigError, RunConfig, field_docs, replace_path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PAUSED_HEADLESS = 0, 1, 2, 3
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+if hasattr(signal, "SIGHUP"):
+    SIGNAL_EXIT[signal.SIGHUP] = 129
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for; printed as one message, exit code 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from cifartui.engine.checkpoint import CheckpointError
+    from cifartui.engine.data import DataError
+    from cifartui.engine.models import ModelError
+    from cifartui.engine.runs import RunDirError
+    from cifartui.engine.trainer import DeviceError
+    return (UsageError, ConfigError, DataError, ModelError, DeviceError, CheckpointError, RunDirError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cifartui", description="Train CNNs on CIFAR-10/100: presets that reproduce published experiments.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def run_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--data-dir", type=Path, help="where CIFAR lives or is downloaded (default: "
+                         "$CIFARTUI_DATA or the user cache dir)")
+        sub.add_argument("--summary-json", type=Path, metavar="FILE", help="write the final metrics as JSON")
+
+    train = commands.add_parser("train", help="train a preset headless, with a progress bar")
+    train.add_argument("preset", help="preset name or path to a TOML file")
+    train.add_argument("--set", dest="sets", action="append", default=[], metavar="PART.KEY=VALUE",
+                       help="override any setting, e.g. --set optimizer.lr=0.1 (repeatable)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--dataset", help="swap the dataset part (cifar10, cifar100, cifar100-coarse, synthetic)")
+    train.add_argument("--model", help="swap the model part for a model preset")
+    train.add_argument("--optimizer", help="swap the optimizer part (with its schedule)")
+    train.add_argument("--augment", help="swap the augmentation part")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--runs-dir", type=Path, help="parent of run directories (default ./runs or $CIFARTUI_RUNS)")
+    run_options(train)
+
+    resume = commands.add_parser("resume", help="continue a run from its checkpoints/last.pt")
+    resume.add_argument("run_dir", type=Path)
+    resume.add_argument("--epochs", type=int, help="train up to this many epochs in total")
+    resume.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    run_options(resume)
+
+    listing = commands.add_parser("presets", help="list presets, or show one resolved with its model summary")
+    listing.add_argument("name", nargs="?")
+    listing.add_argument("--settings", action="store_true", help="document every setting a preset can hold")
+
+    runs = commands.add_parser("runs", help="list runs with status, epochs and best accuracy")
+    runs.add_argument("--runs-dir", type=Path)
+
+    export = commands.add_parser("export", help="the metrics history as CSV or JSON")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--format", choices=("csv", "json"), required=True)
+    export.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console(stderr=False)
+    errors = Console(stderr=True)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_OK
+    handlers = {"train": cmd_train, "resume": cmd_resume, "presets": cmd_presets, "runs": cmd_runs,
+                "export": cmd_export}
+    try:
+        return handlers[args.command](args, console)
+    except _user_errors() as error:
+        errors.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+        return EXIT_USAGE
+
+
+# --- train and resume ---------------------------------------------------------------------------
+
+def cmd_train(args: argparse.Namespace, console: Console) -> int:
+    from cifartui.engine.runs import default_runs_dir, new_run_dir
+
+    config = presets.compose(
+        presets.load(args.preset), dataset=args.dataset, model=args.model, optimizer=args.optimizer,
+        augment=args.augment, sets=args.sets, epochs=args.epochs, seed=args.seed, device=args.device,
+        batch_size=args.batch_size, lr=args.lr)
+    _check_model(config)
+    run_dir = new_run_dir(args.runs_dir or default_runs_dir(), config.name)
+    return _run(config, run_dir, args, console, resume=False)
+
+
+def cmd_resume(args: argparse.Namespace, console: Console) -> int:
+    from cifartui.engine.runs import read_config, read_status, write_json_atomic
+    from cifartui.engine.trainer import check_resumable
+
+    run_dir = args.run_dir
+    config = read_config(run_dir)
+    check_resumable(run_dir)
+    if read_status(run_dir).get("status") == "finished" and args.epochs is None:
+        raise UsageError(f"{run_dir} already finished; pass --epochs N to train it further")
+    if args.epochs is not None:
+        config = replace_path(config, "train.epochs", args.epochs, "--epochs")
+        config = replace_path(config, "train.max_steps", 0, "--epochs")
+    if args.device is not None:
+        config = replace_path(config, "train.device", args.device, "--device")
+    write_json_atomic(run_dir / "config.json", config.to_dict())
+    return _run(config, run_dir, args, console, resume=True)
+
+
+def _check_model(config: RunConfig) -> None:
+    """Build the model once on the CPU so option mistakes surface before any data is loaded."""
+    from cifartui.engine.models import build_model
+    from cifartui.engine.schedules import DropoutSchedule
+
+    model = build_model(config.model, config.dataset.num_classes)
+    DropoutSchedule(config.dropout_schedule, model, steps_per_epoch=1)
+
+
+def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Console, *, resume: bool) -> int:
+    from cifartui.engine.trainer import RunControl, Trainer
+
+    control = RunControl()
+    display = ProgressDisplay(console, control)
+    trainer = Trainer(config, run_dir, data_dir=args.data_dir, listeners=[display], control=control,
+                      resume=resume, log=lambda text: console.print(text, highlight=False))
+    received: list[int] = []
+
+    def on_signal(number: int, _frame: Any) -> None:
+        if received:  # a second signal: leave now; the last checkpoint on disk stays intact
+            raise KeyboardInterrupt
+        received.append(number)
+        control.stop(f"interrupted by {signal.Signals(number).name}")
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in SIGNAL_EXIT:
+            previous[number] = signal.signal(number, on_signal)
+    try:
+        result = trainer.run()
+    except _user_errors():
+        display.close()
+        raise
+    except KeyboardInterrupt:
+        display.close()
+        console.print(f"Interrupted. Resume from the last checkpoint with: cifartui resume {run_dir}",
+                      highlight=False)
+        return SIGNAL_EXIT.get(received[0], 130) if received else 130
+    except Exception as error:
+        display.close()
+        with (run_dir / "error.log").open("a", encoding="utf-8") as handle:
+            traceback.print_exc(file=handle)
+        Console(stderr=True).print(f"[bold red]error:[/] the run failed: {type(error).__name__}: {error}\n"
+                                   f"Traceback in {run_dir / 'error.log'}", highlight=False)
+        return EXIT_FAILED
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    display.close()
+    if result.status == "finished":
+        _print_summary(console, config, result.summary)
+        if args.summary_json:
+            args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+            args.summary_json.write_text(json.dumps(result.summary, indent=2) + "\n", encoding="utf-8")
+        return EXIT_OK
+    how = f"cifartui resume {run_dir}"
+    if received:
+        console.print(f"Stopped at step {result.summary['step']} with a checkpoint. Resume with: {how}",
+                      highlight=False)
+        return SIGNAL_EXIT[received[0]]
+    console.print(f"Stopped at step {result.summary['step']}: {display.pause_reason}\nResume with: {how}",
+                  highlight=False)
+    return EXIT_PAUSED_HEADLESS
+
+
+class ProgressDisplay:
+    """Rich progress bar and epoch lines for a headless run; called on the event thread.
+
+    Headless there is nobody to press resume, so a run that pauses itself (a
+    non-finite loss, a checkpoint that could not be written) is stopped instead.
+    """
+
+    def __init__(self, console: Console, control: Any):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = console
+        self.control = control
+        self.pause_reason = ""
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=console, transient=False)
+        self.task = None
+        self._started = False
+
+    def __call__(self, event: Any) -> None:
+        from cifartui.engine import events as ev
+
+        if isinstance(event, ev.RunStarted):
+            summary = event.model_summary
+            verb = "Resuming" if event.resumed else "Training"
+            self.console.print(
+                f"{verb} [bold]{event.config['name']}[/] on {event.device}: {summary['name']} "
+                f"({summary['total_parameters']:,} parameters), {event.train_size} train / {event.val_size} val / "
+                f"{event.test_size} test images, {event.total_steps} steps. Run directory: {event.run_dir}",
+                highlight=False)
+            self.progress.start()
+            self._started = True
+            self.task = self.progress.add_task("train", total=event.total_steps, completed=event.step, stats="")
+        elif isinstance(event, ev.StepMetrics) and self.task is not None:
+            self.progress.update(self.task, completed=event.step, description=f"epoch {event.epoch + 1}",
+                                 stats=f"loss {event.loss:.4f}  acc {event.top1:5.1f}%  lr {event.lr:.3g}  "
+                                       f"{event.images_per_s:,.0f} img/s")
+        elif isinstance(event, ev.EpochEnded):
+            val = (f"  val loss {event.val_loss:.4f}  val top-1 {event.val_top1:.2f}%  top-5 {event.val_top5:.2f}%"
+                   if event.val_loss is not None else "")
+            self.console.print(f"epoch {event.epoch + 1}: train loss {event.train_loss:.4f}  "
+                               f"top-1 {event.train_top1:.2f}%{val}  lr {event.lr:.3g}  ({event.seconds:.1f}s)",
+                               highlight=False)
+            if self.task is not None:
+                self.progress.update(self.task, completed=event.step)
+        elif isinstance(event, ev.LRChanged):
+            self.console.print(f"step {event.step}: learning rate {event.old:.4g} -> {event.new:.4g} ({event.reason})",
+                               highlight=False)
+        elif isinstance(event, ev.DropoutChanged):
+            changed = {k: (event.old[k], v) for k, v in event.new.items() if event.old.get(k) != v}
+            text = ", ".join(f"{k} {a:.3g}->{b:.3g}" for k, (a, b) in list(changed.items())[:8])
+            more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+            self.console.print(f"step {event.step}: dropout {text}{more}", highlight=False)
+        elif isinstance(event, (ev.LossNotFinite, ev.CheckpointFailed)):
+            self.console.print(f"[bold red]{event.message if hasattr(event, 'message') else event.error}[/]",
+                               highlight=False)
+        elif isinstance(event, ev.RunPaused):
+            self.pause_reason = event.reason
+            self.control.stop(event.reason)
+
+    def close(self) -> None:
+        if self._started:
+            self.progress.stop()
+            self._started = False
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"
+
+
+def _print_summary(console: Console, config: RunConfig, summary: dict[str, Any]) -> None:
+    table = Table(title=f"{config.name}: finished", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("reference", justify="right")
+    reference = config.reference
+    table.add_row("test top-1", _pct(summary["test_top1"]), _pct(reference.top1 or None))
+    table.add_row("test top-5", _pct(summary["test_top5"]), _pct(reference.top5 or None))
+    table.add_row("test loss", f"{summary['test_loss']:.4f}", "")
+    table.add_row("best val top-1", _pct(summary["best_val_top1"]), "")
+    table.add_row("epochs / steps", f"{summary['epochs']} / {summary['steps']}", "")
+    table.add_row("images/s (training)", f"{summary['images_per_s']:,.0f}", "")
+    table.add_row("run directory", summary["run_dir"], "")
+    console.print(table)
+
+
+# --- presets, runs, export -------------------------------------------------------------------------
+
+def cmd_presets(args: argparse.Namespace, console: Console) -> int:
+    if args.settings:
+        table = Table(title="Preset settings", show_lines=False)
+        for column in ("key", "type", "default", "meaning"):
+            table.add_column(column, overflow="fold")
+        for key, kind, doc, default in field_docs(RunConfig):
+            table.add_row(key, kind, json.dumps(default), doc)
+        console.print(table)
+        return EXIT_OK
+    if args.name:
+        return _show_preset(args.name, console)
+    table = Table(title="Presets")
+    table.add_column("name", no_wrap=True)
+    for column in ("dataset", "model", "optimizer", "schedule", "epochs", "reference"):
+        table.add_column(column, overflow="fold")
+    problems = []
+    for name, entry in presets.available().items():
+        try:
+            config = presets.load(str(entry.path))
+        except ConfigError as error:
+            problems.append(str(error))
+            continue
+        reference = config.reference
+        ref = " / ".join(part for part in (f"top-1 {reference.top1:g}%" if reference.top1 else "",
+                                           f"top-5 {reference.top5:g}%" if reference.top5 else "") if part)
+        steps = f"{config.train.max_steps} it" if config.train.max_steps else str(config.train.epochs)
+        table.add_row(name + ("" if entry.builtin else " (user)"), config.dataset.name, config.model.name,
+                      config.optimizer.name, config.optimizer.schedule.name, steps, ref or "-")
+    console.print(table)
+    for part in ("dataset", "model", "optimizer", "augment"):
+        names = ", ".join(presets.available(part)) or "-"
+        console.print(f"[bold]{part} parts:[/] {names}", highlight=False)
+    for problem in problems:
+        Console(stderr=True).print(f"[yellow]skipped:[/] {problem}", highlight=False)
+    return EXIT_OK
+
+
+def _show_preset(name: str, console: Console) -> int:
+    from cifartui.engine.models import build_model, summarize
+
+    config = presets.load(name)
+    console.print(f"[bold]{config.name}[/]: {config.description}", highlight=False)
+    table = Table(show_header=True, title="Resolved configuration")
+    table.add_column("key")
+    table.add_column("value", overflow="fold")
+
+    def flatten(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                flatten(f"{prefix}.{key}" if prefix else key, child)
+        else:
+            table.add_row(prefix, json.dumps(value))
+    flatten("", config.to_dict())
+    console.print(table)
+    summary = summarize(build_model(config.model, config.dataset.num_classes), config.model.name)
+    layers = Table(title=f"Model {summary.name}: {summary.total_parameters:,} parameters")
+    for column in ("layer", "kind", "output shape", "parameters"):
+        layers.add_column(column, justify="right" if column == "parameters" else "left")
+    for row in summary.layers:
+        layers.add_row(row.name, row.kind, "x".join(map(str, row.output_shape)), f"{row.parameters:,}")
+    console.print(layers)
+    return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace, console: Console) -> int:
+    from cifartui.engine.runs import default_runs_dir, list_runs
+
+    runs_dir = args.runs_dir or default_runs_dir()
+    infos, problems = list_runs(runs_dir)
+    if not infos and not problems:
+        console.print(f"No runs in {runs_dir}. Start one with: cifartui train demo-synthetic", highlight=False)
+        return EXIT_OK
+    table = Table(title=f"Runs in {runs_dir}")
+    for column in ("run", "preset", "status", "epochs", "best val top-1", "test top-1", "started (UTC)"):
+        table.add_column(column, overflow="fold")
+    for info in infos:
+        table.add_row(info.path.name, info.preset, info.status, f"{info.epochs_done}/{info.epochs_total}",
+                      _pct(info.best_val_top1), _pct(info.test_top1), info.started)
+    console.print(table)
+    for problem in problems:
+        Console(stderr=True).print(f"[yellow]unreadable run:[/] {problem}", highlight=False)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from cifartui.engine.runs import read_config, read_metrics
+
+    read_config(args.run_dir)  # a clear error when this is not a run directory
+    events = read_metrics(args.run_dir)
+    if args.format == "json":
+        text = json.dumps(events, indent=2) + "\n"
+    else:
+        rows = [e for e in events if e["event"] in ("StepMetrics", "EpochEnded", "RunFinished")]
+        columns: list[str] = []
+        for row in rows:
+            columns += [key for key, value in row.items()
+                        if key not in columns and not isinstance(value, (dict, list))]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buffer.getvalue()
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+        console.print(f"Wrote {args.output}", highlight=False)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""The run configuration: typed, frozen, validated and documented.
+
+A run is described by one `RunConfig`, made of four parts a user can swap
+independently (dataset, model, optimizer with its LR schedule, augmentation)
+plus training settings, an optional dropout schedule and the reference result
+the recipe reproduces. Every field carries its documentation and its allowed
+range in `dataclasses.field(metadata=...)`; `from_mapping` turns plain data
+(parsed TOML or JSON) into a config and rejects anything else with a
+`ConfigError` that names the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+    def __init__(self, source: str, key: str, message: str):
+        self.source = source
+        self.key = key
+        self.message = message
+        where = f"{source}: " if source else ""
+        at = f"'{key}': " if key else ""
+        super().__init__(f"{where}{at}{message}")
+
+
+def setting(default: Any, doc: str, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False, high_open: bool = False) -> Any:
+    """A documented config field with an optional numeric range (applied to each item of a tuple)."""
+    metadata = {"doc": doc, "low": low, "high": high, "low_open": low_open, "high_open": high_open}
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+PreprocessName = Literal["standardize", "gcn", "zca"]
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Which images to train on and how the training set is split."""
+
+    name: Literal["cifar10", "cifar100", "synthetic"] = setting(
+        "cifar10", "Dataset: cifar10, cifar100, or synthetic (generated offline).")
+    labels: Literal["fine", "coarse"] = setting(
+        "fine", "CIFAR-100 only: fine (100 classes) or coarse (20 superclasses) labels.")
+    val_fraction: float = setting(
+        0.1, "Fraction of the training set held out for validation (seeded split).",
+        low=0.0, high=0.9)
+    classes: int = setting(10, "synthetic only: number of classes.", low=2, high=100)
+    train_size: int = setting(10000, "synthetic only: number of training images.", low=10)
+    test_size: int = setting(2000, "synthetic only: number of test images.", low=10)
+    data_seed: int = setting(0, "synthetic only: seed of the generated images.", low=0)
+
+    @property
+    def num_classes(self) -> int:
+        if self.name == "cifar10":
+            return 10
+        if self.name == "cifar100":
+            return 20 if self.labels == "coarse" else 100
+        return self.classes
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture, by registry name, and its options."""
+
+    name: str = setting("cnn3", "Model name from the registry (see `cifartui presets`).")
+    activation: Literal["default", "relu", "elu"] = setting(
+        "default", "Activation function; default keeps the architecture's own.")
+    batch_norm: bool = setting(True, "VGG only: batch normalization after each convolution.")
+    preact: bool = setting(False, "ResNet-18/34/50: pre-activation blocks (norm, activation, conv).")
+    dropout: tuple[float, ...] = setting(
+        (), "Initial dropout rate of each dropout group (stack); empty keeps the model's own.",
+        low=0.0, high=1.0, high_open=True)
+    block_dropout: float = setting(
+        0.0, "ResNets: dropout at the input of each identity block.", low=0.0, high=1.0, high_open=True)
+    spatial_dropout: float = setting(
+        0.0, "ResNets: channel-wise (spatial) dropout after each identity block's addition.",
+        low=0.0, high=1.0, high_open=True)
+    classifier_dropout: float = setting(
+        0.0, "Dropout before the classifier (VGG, ResNets).", low=0.0, high=1.0, high_open=True)
+    stem_stride: int = setting(1, "ResNet-18/34/50: stride of the first convolution.", low=1, high=2)
+    init: Literal["default", "keras"] = setting(
+        "default", "Weight initialization: PyTorch's default or Keras' (Glorot uniform, zero bias).")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """The learning-rate schedule. `unit` says whether step counts are iterations or epochs."""
+
+    name: Literal["constant", "step", "multistep", "exponential", "cosine", "onecycle",
+                  "triangular", "plateau"] = setting("constant", "Schedule kind.")
+    unit: Literal["epoch", "iteration"] = setting(
+        "epoch", "Unit of step_size, milestones, warmup and cycle_length.")
+    step_size: int = setting(30, "step: multiply by gamma every step_size units.", low=1)
+    milestones: tuple[int, ...] = setting((), "multistep: multiply by gamma at each of these.", low=1)
+    gamma: float = setting(0.1, "step, multistep, exponential: multiplicative factor.",
+                           low=0.0, high=1.0, low_open=True)
+    warmup: int = setting(0, "cosine: linear warmup length.", low=0)
+    min_lr: float = setting(0.0, "cosine: final LR; plateau: LR floor.", low=0.0)
+    max_lr: float = setting(0.1, "onecycle and triangular: peak LR.", low=0.0, low_open=True)
+    pct_start: float = setting(0.25, "onecycle: fraction of the run spent rising.",
+                               low=0.0, high=1.0, low_open=True, high_open=True)
+    final_div: float = setting(1e4, "onecycle: final LR is lr / final_div.", low=1.0)
+    cycle_length: int = setting(8, "triangular: length of a half cycle (rise or fall).", low=1)
+    factor: float = setting(0.1, "plateau: factor applied when validation loss stalls.",
+                            low=0.0, high=1.0, low_open=True, high_open=True)
+    patience: int = setting(10, "plateau: epochs without improvement before reducing.", low=0)
+    threshold: float = setting(1e-4, "plateau: relative improvement that counts.", low=0.0)
+    cooldown: int = setting(0, "plateau: epochs to wait after a reduction.", low=0)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimizer and its LR schedule."""
+
+    name: Literal["sgd", "adam", "adamw", "rmsprop"] = setting("sgd", "Optimizer.")
+    lr: float = setting(0.01, "Base learning rate.", low=0.0, low_open=True)
+    momentum: float = setting(0.0, "SGD and RMSprop momentum.", low=0.0, high=1.0, high_open=True)
+    nesterov: bool = setting(False, "SGD: Nesterov momentum.")
+    weight_decay: float = setting(0.0, "L2 weight decay (decoupled for AdamW).", low=0.0)
+    decay_norm_and_bias: bool = setting(
+        True, "Apply weight decay to normalization and bias parameters too.")
+    betas: tuple[float, ...] = setting((0.9, 0.999), "Adam, AdamW: (beta1, beta2).",
+                                       low=0.0, high=1.0, high_open=True)
+    eps: float = setting(1e-8, "Adam, AdamW, RMSprop: epsilon.", low=0.0, low_open=True)
+    alpha: float = setting(0.99, "RMSprop: smoothing constant (Keras calls it rho).",
+                           low=0.0, high=1.0, high_open=True)
+    inverse_time_decay: float = setting(
+        0.0, "Keras-style decay: lr / (1 + decay * iteration), on top of the schedule.", low=0.0)
+    schedule: ScheduleConfig = setting(ScheduleConfig(), "The learning-rate schedule.")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Preprocessing (fitted on the training split) and batched on-device augmentation."""
+
+    preprocess: tuple[PreprocessName, ...] = setting(
+        ("standardize",), "Applied in order after scaling to [0, 1]: standardize "
+        "(per-channel mean/std), gcn (per-image centering and scaling), zca (whitening).")
+    zca_epsilon: float = setting(1e-2, "ZCA regularizer added to the eigenvalues.",
+                                 low=0.0, low_open=True)
+    crop_padding: int = setting(0, "Random crop after zero padding by this many pixels (0 = off).",
+                                low=0, high=16)
+    flip: bool = setting(False, "Random horizontal flip.")
+    translate: int = setting(0, "Random translation by up to this many pixels, zero filled.",
+                             low=0, high=16)
+    rotation: float = setting(0.0, "Keras-style random rotation range in degrees.", low=0.0, high=180.0)
+    shift: float = setting(0.0, "Keras-style random width/height shift, fraction of the size.",
+                           low=0.0, high=0.5)
+    cutout: int = setting(0, "Cutout: side of the zeroed square (0 = off).", low=0, high=32)
+
+
+@dataclass(frozen=True)
+class DropoutEvent:
+    """One change of dropout rates at a given iteration or epoch."""
+
+    at: int = setting(0, "When the change happens (see unit).", low=0)
+    unit: Literal["iteration", "epoch"] = setting("iteration", "Unit of `at`.")
+    action: Literal["set", "add", "multiply"] = setting(
+        "set", "set: rates become `rates`; add: `rates` are added; multiply: rates times `factor`.")
+    scope: Literal["last", "all"] = setting(
+        "last", "last: the dropout layer that ends each group (stack); all: every layer of each group.")
+    rates: tuple[float, ...] = setting((), "set/add: one value per group (stack), in order.",
+                                       low=-1.0, high=1.0)
+    factor: float = setting(1.0, "multiply: factor applied to every rate.", low=0.0)
+    cap: float = setting(0.9, "No rate goes above this after the change.", low=0.0, high=1.0, high_open=True)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How long, how big, where and how often."""
+
+    epochs: int = setting(10, "Epochs to train (ignored when max_steps is set and smaller).", low=1)
+    max_steps: int = setting(0, "Stop after this many iterations (0 = no limit).", low=0)
+    batch_size: int = setting(128, "Training batch size.", low=1, high=65536)
+    eval_batch_size: int = setting(1000, "Batch size for validation and test.", low=1, high=65536)
+    seed: int = setting(0, "Seed for weights, data order, augmentation and dropout.", low=0)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy loss.",
+                                     low=0.0, high=1.0, high_open=True)
+    log_every: int = setting(10, "Emit step metrics at most every this many steps.", low=1)
+    checkpoint_minutes: float = setting(
+        10.0, "Also write checkpoints/last.pt mid-epoch at this interval (0 = epoch ends only).", low=0.0)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The result the recipe's source reported, drawn as the target."""
+
+    top1: float = setting(0.0, "Reported test top-1 accuracy in percent (0 = none).", low=0.0, high=100.0)
+    top5: float = setting(0.0, "Reported test top-5 accuracy in percent (0 = none).", low=0.0, high=100.0)
+    source: str = setting("", "Where the number comes from.")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole recipe: the four parts, training settings and the reference result."""
+
+    name: str = setting("custom", "Preset name.")
+    description: str = setting("", "One line shown in preset lists.")
+    dataset: DatasetConfig = setting(DatasetConfig(), "The dataset part.")
+    model: ModelConfig = setting(ModelConfig(), "The model part.")
+    optimizer: OptimizerConfig = setting(OptimizerConfig(), "The optimizer part, with its LR schedule.")
+    augment: AugmentConfig = setting(AugmentConfig(), "The augmentation part.")
+    train: TrainConfig = setting(TrainConfig(), "Training settings.")
+    dropout_schedule: tuple[DropoutEvent, ...] = setting((), "Changes of dropout rates over time.")
+    reference: Reference = setting(Reference(), "The result this recipe reproduces.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+
+PARTS = ("dataset", "model", "optimizer", "augment")
+
+
+def to_plain(value: Any) -> Any:
+    """A config as plain dicts, lists and scalars (JSON- and TOML-friendly)."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [to_plain(item) for item in value]
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _check_range(value: float, meta: Mapping[str, Any], source: str, key: str) -> None:
+    low, high = meta.get("low"), meta.get("high")
+    too_low = low is not None and (value <= low if meta.get("low_open") else value < low)
+    too_high = high is not None and (value >= high if meta.get("high_open") else value > high)
+    if too_low or too_high:
+        left = "(" if meta.get("low_open") else "["
+        right = ")" if meta.get("high_open") else "]"
+        bounds = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+        raise ConfigError(source, key, f"{value!r} is out of range: expected a value in {bounds}")
+
+
+def _convert(tp: Any, value: Any, meta: Mapping[str, Any], source: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(source, key, f"expected a table, got {type(value).__name__} {value!r}")
+        return from_mapping(tp, value, source, prefix=key)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(source, key, f"{value!r} is not allowed: expected {_type_name(tp)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(source, key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        item_type = typing.get_args(tp)[0]
+        return tuple(_convert(item_type, item, meta, source, f"{key}[{i}]") for i, item in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(source, key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(source, key, f"expected an integer, got {value!r}")
+        _check_range(value, meta, source, key)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(source, key, f"expected a number, got {value!r}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(source, key, f"expected a finite number, got {value!r}")
+        _check_range(float(value), meta, source, key)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(source, key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r}")  # a programming error, not user input
+
+
+def from_mapping(cls: type, data: Mapping[str, Any], source: str = "", prefix: str = "") -> Any:
+    """Build config dataclass `cls` from plain data, validating every key and value."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full_key = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(source, full_key, f"unknown key; expected one of: {known}")
+        kwargs[key] = _convert(hints[key], value, fields[key].metadata, source, full_key)
+    return cls(**kwargs)
+
+
+def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, str, Any]]:
+    """(key, type, doc, default) for every leaf field: the reference of all settings."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(field_docs(tp, key + "."))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((key, _type_name(tp), f.metadata.get("doc", ""), to_plain(default)))
+    return rows
+
+
+def replace_path(config: Any, dotted: str, value: Any, source: str = "--set") -> Any:
+    """A copy of `config` with the field at `dotted` (e.g. optimizer.schedule.name) set and validated."""
+    head, _, rest = dotted.partition(".")
+    plain = to_plain(config)
+    if head not in plain:
+        raise ConfigError(source, dotted, "unknown key; expected one of: " + ", ".join(sorted(plain)))
+    node = plain
+    parts = dotted.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            raise ConfigError(source, dotted, f"'{'.'.join(parts[:i + 1])}' is not a table")
+        node = child
+    if parts[-1] not in node:
+        raise ConfigError(source, dotted, "unknown key; expected one of: " + ", ".join(sorted(node)))
+    node[parts[-1]] = value
+    return from_mapping(type(config), plain, source)
+

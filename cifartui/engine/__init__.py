@@ -1,0 +1,1 @@
+"""Everything that trains. Runs without the UI: nothing here imports textual."""

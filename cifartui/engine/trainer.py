@@ -1,0 +1,524 @@
+"""The training loop: data on the device, a pure LR schedule, events out, control in.
+
+`Trainer.run()` trains in the calling thread (the headless CLI); `Trainer.start()`
+in a background thread (the app). Either way the loop reads top to bottom: draw a
+batch from the epoch's permutation, preprocess and augment it on the device, step
+the optimizer, accumulate metrics on the device, and between steps look at the
+`RunControl` for pause, stop and checkpoint requests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cifartui.config import RunConfig
+from cifartui.engine import events as ev
+from cifartui.engine.augment import Augmenter, Preprocessor
+from cifartui.engine.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, capture_rng, load_checkpoint,
+                                        restore_rng, save_checkpoint)
+from cifartui.engine.data import load_dataset, split_validation
+from cifartui.engine.models import build_model, dropout_rates, summarize
+from cifartui.engine.optim import build_optimizer
+from cifartui.engine.runs import write_json_atomic, write_status
+from cifartui.engine.schedules import DropoutSchedule, LRSchedule
+
+# Step metrics go out at most this often, whatever log_every says.
+MIN_EMIT_INTERVAL_S = 0.1
+
+
+class DeviceError(ValueError):
+    """The requested device does not exist here."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device '{name}' requested but no CUDA GPU is visible; use --device cpu or auto")
+        index = name.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise DeviceError(f"device '{name}' does not exist: {torch.cuda.device_count()} GPU(s) visible "
+                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+        return torch.device(name)
+    raise DeviceError(f"unknown device '{name}'; expected auto, cpu, cuda or cuda:N")
+
+
+class RunControl:
+    """Thread-safe requests to a running trainer; each takes effect between two steps."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._pause_requested = False
+        self._stop_reason: str | None = None
+        self._checkpoint_requested = False
+
+    def pause(self) -> None:
+        with self._condition:
+            self._pause_requested = True
+            self._condition.notify_all()
+
+    def resume(self) -> None:
+        with self._condition:
+            self._pause_requested = False
+            self._condition.notify_all()
+
+    def stop(self, reason: str = "stop requested") -> None:
+        with self._condition:
+            if self._stop_reason is None:
+                self._stop_reason = reason
+            self._condition.notify_all()
+
+    def checkpoint_now(self) -> None:
+        with self._condition:
+            self._checkpoint_requested = True
+            self._condition.notify_all()
+
+    @property
+    def paused(self) -> bool:
+        return self._pause_requested
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._stop_reason
+
+    def take_checkpoint_request(self) -> bool:
+        with self._condition:
+            requested, self._checkpoint_requested = self._checkpoint_requested, False
+            return requested
+
+    def wait_while_paused(self, on_wake: Callable[[], None]) -> None:
+        """Block without spinning until resumed or stopped; serve checkpoint requests meanwhile."""
+        with self._condition:
+            while self._pause_requested and self._stop_reason is None:
+                if self._checkpoint_requested:
+                    self._checkpoint_requested = False
+                    self._condition.release()
+                    try:
+                        on_wake()
+                    finally:
+                        self._condition.acquire()
+                    continue
+                self._condition.wait()
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: str  # finished, stopped or failed
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+@dataclass
+class _Progress:
+    """Counters that, with the RNG states, say exactly where the run is."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # batches done in the current epoch
+    best_val_loss: float = math.inf
+    best_val_top1: float | None = None
+    train_seconds: float = 0.0
+    train_images: int = 0
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, run_dir: Path, *, data_dir: Path | None = None,
+                 listeners: list[ev.Listener] | None = None, control: RunControl | None = None,
+                 resume: bool = False, log: Callable[[str], None] | None = None):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.data_dir = data_dir
+        self.control = control or RunControl()
+        self.resume = resume
+        self.log = log
+        self.bus = ev.EventBus(listeners)
+        self.progress = _Progress()
+        self.thread: threading.Thread | None = None
+        self.result: RunResult | None = None
+        self._metrics_file = None
+
+    # --- public ------------------------------------------------------------------------------
+
+    def start(self) -> threading.Thread:
+        """Train in a background thread; errors end as a RunFailed event, never an exception."""
+        self.thread = threading.Thread(target=self._run_quietly, name=f"cifartui-run-{self.run_dir.name}",
+                                       daemon=True)
+        self.thread.start()
+        return self.thread
+
+    def run(self) -> RunResult:
+        """Train in the calling thread. Raises what made the run fail, after RunFailed is out."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+        self._metrics_file = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        try:
+            if not self.resume:
+                write_json_atomic(self.run_dir / "config.json", self.config.to_dict())
+            self.result = self._train()
+            return self.result
+        except BaseException as error:
+            self._emit(ev.RunFailed(error=str(error) or type(error).__name__, error_type=type(error).__name__,
+                                    step=self.progress.step, epoch=self.progress.epoch))
+            write_status(self.run_dir, "failed", error=str(error), step=self.progress.step)
+            self.result = RunResult("failed", self.run_dir, {"error": str(error)})
+            raise
+        finally:
+            self.bus.close()
+            self._metrics_file.close()
+
+    # --- setup -------------------------------------------------------------------------------
+
+    def _run_quietly(self) -> None:
+        try:
+            self.run()
+        except BaseException:
+            with (self.run_dir / "error.log").open("a", encoding="utf-8") as handle:
+                traceback.print_exc(file=handle)
+
+    def _emit(self, event: ev.Event) -> None:
+        # metrics.jsonl is written here, in the training thread: events are few (step
+        # metrics are throttled) and a line that is written is a line that survives a crash.
+        if self._metrics_file is not None:
+            self._metrics_file.write(json.dumps(event.to_json()) + "\n")
+            self._metrics_file.flush()
+        self.bus.publish(event)
+
+    def _setup(self) -> None:
+        config = self.config
+        seed = config.train.seed
+        self.device = resolve_device(config.train.device)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+        dataset = load_dataset(config.dataset, self.data_dir, log=self.log)
+        self.dataset = dataset
+        train_index, val_index = split_validation(len(dataset.train_labels), config.dataset.val_fraction, seed)
+
+        def on_device(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            return (torch.from_numpy(np.ascontiguousarray(images)).to(self.device),
+                    torch.from_numpy(labels).to(self.device))
+
+        # The whole dataset lives on the training device as uint8, converted once.
+        self.train_x, self.train_y = on_device(dataset.train_images[train_index], dataset.train_labels[train_index])
+        self.val_x, self.val_y = on_device(dataset.train_images[val_index], dataset.train_labels[val_index])
+        self.test_x, self.test_y = on_device(dataset.test_images, dataset.test_labels)
+        self.preprocess = Preprocessor(config.augment.preprocess, config.augment.zca_epsilon)
+        self.preprocess.fit(self.train_x, seed).to(self.device)
+        self.augment = Augmenter(config.augment)
+
+        self.model = build_model(config.model, dataset.num_classes).to(self.device)
+        self.summary = summarize(self.model, config.model.name)
+        self.optimizer = build_optimizer(self.model, config.optimizer, self.device)
+        self.steps_per_epoch = math.ceil(len(self.train_y) / config.train.batch_size)
+        total = config.train.epochs * self.steps_per_epoch
+        self.total_steps = min(total, config.train.max_steps) if config.train.max_steps else total
+        self.lr_schedule = LRSchedule(config.optimizer, self.steps_per_epoch, self.total_steps)
+        self.dropout_schedule = DropoutSchedule(config.dropout_schedule, self.model, self.steps_per_epoch)
+        self.order_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+        self.augment_generator = torch.Generator(device=self.device).manual_seed(seed + 2)
+        self.order = torch.empty(0, dtype=torch.long, device=self.device)
+        self.epoch_stats = torch.zeros(3, dtype=torch.float64, device=self.device)
+        self.current_lr = self.lr_schedule.lr_at(0)
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        p = self.progress
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "dropout_rates": dropout_rates(self.model),
+            "amp_scaler": None,  # training runs in fp32 or bf16 autocast, neither needs a scaler
+            "progress": {"step": p.step, "epoch": p.epoch, "position": p.position,
+                         "best_val_loss": p.best_val_loss, "best_val_top1": p.best_val_top1,
+                         "train_seconds": p.train_seconds, "train_images": p.train_images},
+            "order": self.order.cpu(),
+            "epoch_stats": self.epoch_stats.cpu(),
+            "rng": capture_rng(),
+            "order_generator": self.order_generator.get_state(),
+            "augment_generator": self.augment_generator.get_state(),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        progress = state["progress"]
+        self.progress = _Progress(**progress)
+        self.order = state["order"].to(self.device)
+        self.epoch_stats = state["epoch_stats"].to(self.device)
+        restore_rng(state["rng"])
+        self.order_generator.set_state(state["order_generator"])
+        self.augment_generator.set_state(state["augment_generator"])
+        self.current_lr = self.lr_schedule.lr_at(self.progress.step)
+
+    def _checkpoint(self, reason: str, *, best: bool = False) -> bool:
+        """Write last.pt (and best.pt); on failure report it, pause, and keep the old file."""
+        clock_was_running = self._clock is not None
+        self._clock_stop()
+        paths = [self.run_dir / "checkpoints" / "last.pt"]
+        if best:
+            paths.append(self.run_dir / "checkpoints" / "best.pt")
+        state = self._state()
+        for path in paths:
+            try:
+                save_checkpoint(state, path)
+            except OSError as error:
+                message = (f"could not write {path}: {error.strerror or error}. The previous checkpoint "
+                           "is intact; free some space and resume, or stop.")
+                self._emit(ev.CheckpointFailed(path=str(path), step=self.progress.step, error=message))
+                self._pause(f"checkpoint failed: {message}")
+                if clock_was_running:
+                    self._clock_start()
+                return False
+            self._emit(ev.CheckpointSaved(path=str(path), step=self.progress.step,
+                                          epoch=self.progress.epoch, reason=reason))
+        self.last_checkpoint_time = time.monotonic()
+        if clock_was_running:
+            self._clock_start()
+        return True
+
+    # --- timing of training steps (evaluation, pauses and checkpoints excluded) -----------------
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # sync point: only around evaluation, checkpoints, pauses
+
+    def _clock_start(self) -> None:
+        self._clock = time.perf_counter()
+
+    def _clock_stop(self) -> None:
+        if self._clock is not None:
+            self._sync()
+            self.progress.train_seconds += time.perf_counter() - self._clock
+            self._clock = None
+
+    # --- control -----------------------------------------------------------------------------
+
+    def _pause(self, reason: str) -> None:
+        self.control.pause()
+        self._paused_reason = reason
+
+    def _between_steps(self) -> bool:
+        """Serve requests; False when the run must stop now."""
+        control = self.control
+        if control.take_checkpoint_request():
+            self._checkpoint("requested")
+        if control.paused and control.stop_reason is None:
+            self._clock_stop()
+            reason = getattr(self, "_paused_reason", None) or "pause requested"
+            self._paused_reason = None
+            write_status(self.run_dir, "paused", step=self.progress.step, reason=reason)
+            self._emit(ev.RunPaused(step=self.progress.step, epoch=self.progress.epoch, reason=reason))
+            control.wait_while_paused(lambda: self._checkpoint("requested"))
+            if control.stop_reason is None:
+                write_status(self.run_dir, "running", step=self.progress.step)
+                self._emit(ev.RunResumed(step=self.progress.step, epoch=self.progress.epoch))
+            self._clock_start()
+        return control.stop_reason is None
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def _apply_schedules(self) -> None:
+        p = self.progress
+        lr = self.lr_schedule.lr_at(p.step)
+        if lr != self.current_lr:
+            if self.lr_schedule.discrete:
+                self._emit(ev.LRChanged(step=p.step, epoch=p.epoch, old=self.current_lr, new=lr, reason="schedule"))
+            self.current_lr = lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        change = self.dropout_schedule.apply_due(p.step)
+        if change:
+            self._emit(ev.DropoutChanged(step=p.step, epoch=p.epoch, old=change.old, new=change.new))
+
+    def _train(self) -> RunResult:
+        self._clock = None
+        self._paused_reason = None
+        self._setup()
+        if self.resume:
+            self._restore(load_checkpoint(self.run_dir / "checkpoints" / "last.pt"))
+        config, p = self.config, self.progress
+        batch_size = config.train.batch_size
+        write_status(self.run_dir, "running", step=p.step)
+        self._emit(ev.RunStarted(
+            run_dir=str(self.run_dir), config=config.to_dict(), model_summary=self.summary.to_dict(),
+            device=str(self.device), step=p.step, epoch=p.epoch, total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch, train_size=len(self.train_y), val_size=len(self.val_y),
+            test_size=len(self.test_y), resumed=self.resume))
+        window = torch.zeros(3, dtype=torch.float64, device=self.device)
+        last_emit, steps_since_emit = time.monotonic(), 0
+        self.last_checkpoint_time = time.monotonic()
+        session_start_step, session_start_seconds = p.step, p.train_seconds
+        self._clock_start()
+
+        while p.step < self.total_steps:
+            if p.position == 0:
+                self.order = torch.randperm(len(self.train_y), generator=self.order_generator, device=self.device)
+                self.epoch_stats.zero_()
+            epoch_started = time.monotonic()
+            while p.position < self.steps_per_epoch and p.step < self.total_steps:
+                if not self._between_steps():
+                    return self._stopped()
+                self._apply_schedules()
+                index = self.order[p.position * batch_size:(p.position + 1) * batch_size]
+                images = self.augment(self.preprocess(self.train_x[index]), self.augment_generator)
+                labels = self.train_y[index]
+                self.model.train()
+                logits = self.model(images)
+                loss = F.cross_entropy(logits, labels, label_smoothing=config.train.label_smoothing)
+                # Sync point: one scalar read per step so that a non-finite loss never reaches
+                # the weights. Free on the CPU; on a GPU it waits for this step's forward pass.
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    self._non_finite(loss_value)
+                else:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+                    with torch.no_grad():
+                        correct = (logits.argmax(1) == labels).sum()
+                        stats = torch.stack([loss.detach().double() * len(labels), correct.double(),
+                                             torch.tensor(float(len(labels)), dtype=torch.float64,
+                                                          device=self.device)])
+                        window += stats
+                        self.epoch_stats += stats
+                    p.train_images += len(labels)
+                p.position += 1
+                p.step += 1
+                steps_since_emit += 1
+                now = time.monotonic()
+                if steps_since_emit >= config.train.log_every and now - last_emit >= MIN_EMIT_INTERVAL_S:
+                    self._emit_step(window, session_start_step, session_start_seconds)
+                    window.zero_()
+                    last_emit, steps_since_emit = now, 0
+                minutes = config.train.checkpoint_minutes
+                if minutes and now - self.last_checkpoint_time >= minutes * 60:
+                    self._checkpoint("periodic")
+            if not self._between_steps():
+                return self._stopped()
+            self._end_epoch(time.monotonic() - epoch_started)
+        return self._finish()
+
+    def _emit_step(self, window: torch.Tensor, start_step: int, start_seconds: float) -> None:
+        p = self.progress
+        loss_sum, correct, count = window.tolist()  # sync point: once per emitted StepMetrics
+        elapsed = p.train_seconds + (time.perf_counter() - self._clock if self._clock else 0.0)
+        session_steps = p.step - start_step
+        per_step = (elapsed - start_seconds) / session_steps if session_steps else 0.0
+        rate = (session_steps * self.config.train.batch_size) / max(elapsed - start_seconds, 1e-9)
+        self._emit(ev.StepMetrics(
+            step=p.step, epoch=p.epoch, loss=loss_sum / count if count else float("nan"),
+            top1=100.0 * correct / count if count else 0.0, lr=self.current_lr,
+            images_per_s=rate, eta_s=per_step * (self.total_steps - p.step), total_steps=self.total_steps))
+
+    def _non_finite(self, value: float) -> None:
+        p = self.progress
+        message = (f"loss became {value} at step {p.step} (epoch {p.epoch + 1}); the update was skipped and "
+                   "the weights are unchanged. Lower the learning rate or check the data, then resume or stop.")
+        self._emit(ev.LossNotFinite(step=p.step, epoch=p.epoch, loss=value, message=message))
+        self._pause(f"non-finite loss: {message}")
+
+    def _end_epoch(self, seconds: float) -> None:
+        p = self.progress
+        self._clock_stop()
+        loss_sum, correct, count = self.epoch_stats.tolist()  # sync point: once per epoch
+        val_loss = val_top1 = val_top5 = None
+        if len(self.val_y):
+            val_loss, val_top1, val_top5 = self.evaluate(self.val_x, self.val_y)
+            if self.lr_schedule.observe_validation_loss(val_loss):
+                new = self.lr_schedule.lr_at(p.step)
+                self._emit(ev.LRChanged(step=p.step, epoch=p.epoch, old=self.current_lr, new=new,
+                                        reason=f"validation loss did not improve for "
+                                               f"{self.config.optimizer.schedule.patience + 1} epochs"))
+                self.current_lr = new
+        self._emit(ev.EpochEnded(
+            epoch=p.epoch, step=p.step, train_loss=loss_sum / count if count else float("nan"),
+            train_top1=100.0 * correct / count if count else 0.0, val_loss=val_loss, val_top1=val_top1,
+            val_top5=val_top5, lr=self.current_lr, seconds=seconds))
+        improved = val_loss is not None and val_loss < p.best_val_loss
+        if improved:
+            p.best_val_loss = val_loss
+        if val_top1 is not None and (p.best_val_top1 is None or val_top1 > p.best_val_top1):
+            p.best_val_top1 = val_top1
+        if p.position >= self.steps_per_epoch:
+            p.epoch += 1
+            p.position = 0
+        self._checkpoint("epoch end", best=improved)
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, float]:
+        """Loss, top-1 and top-5 (percent) without augmentation."""
+        self.model.eval()
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        k = min(5, self.dataset.num_classes)
+        for start in range(0, len(labels), self.config.train.eval_batch_size):
+            x = self.preprocess(images[start:start + self.config.train.eval_batch_size])
+            y = labels[start:start + self.config.train.eval_batch_size]
+            logits = self.model(x)
+            top = logits.topk(k, dim=1).indices
+            totals += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                                   (top[:, 0] == y).sum().double(), (top == y[:, None]).any(1).sum().double()])
+        loss_sum, top1, top5 = totals.tolist()  # sync point: once per evaluation
+        count = max(len(labels), 1)
+        return loss_sum / count, 100.0 * top1 / count, 100.0 * top5 / count
+
+    def _stopped(self) -> RunResult:
+        p = self.progress
+        reason = self.control.stop_reason or "stopped"
+        path = self.run_dir / "checkpoints" / "last.pt"
+        saved = self._checkpoint(f"stop: {reason}")
+        write_status(self.run_dir, "stopped", step=p.step, reason=reason)
+        self._emit(ev.RunStopped(step=p.step, epoch=p.epoch, reason=reason, checkpoint=str(path) if saved else ""))
+        return RunResult("stopped", self.run_dir, {"step": p.step, "epoch": p.epoch, "checkpoint": saved})
+
+    def _finish(self) -> RunResult:
+        p = self.progress
+        self._clock_stop()
+        test_loss, test_top1, test_top5 = self.evaluate(self.test_x, self.test_y)
+        rate = p.train_images / p.train_seconds if p.train_seconds else 0.0
+        finished = ev.RunFinished(
+            test_loss=test_loss, test_top1=test_top1, test_top5=test_top5, best_val_top1=p.best_val_top1,
+            best_val_loss=None if math.isinf(p.best_val_loss) else p.best_val_loss, epochs=p.epoch,
+            steps=p.step, images_per_s=rate, seconds=p.train_seconds)
+        summary = {
+            "status": "finished", "preset": self.config.name, "run_dir": str(self.run_dir),
+            "test_loss": test_loss, "test_top1": test_top1, "test_top5": test_top5,
+            "best_val_top1": p.best_val_top1, "best_val_loss": finished.best_val_loss,
+            "epochs": p.epoch, "steps": p.step, "images_per_s": rate, "train_seconds": p.train_seconds,
+            "device": str(self.device), "parameters": self.summary.total_parameters,
+            "reference_top1": self.config.reference.top1 or None,
+            "reference_top5": self.config.reference.top5 or None,
+        }
+        write_json_atomic(self.run_dir / "summary.json", summary)
+        write_status(self.run_dir, "finished", step=p.step)
+        self._emit(finished)
+        return RunResult("finished", self.run_dir, summary)
+
+
+def check_resumable(run_dir: Path) -> None:
+    """Raise CheckpointError unless run_dir has a loadable last checkpoint."""
+    load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt")
+
+
+__all__ = ["Trainer", "RunControl", "RunResult", "resolve_device", "DeviceError", "CheckpointError",
+           "check_resumable"]

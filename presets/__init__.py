@@ -1,0 +1,1 @@
+"""Built-in presets, shipped inside the package as `cifartui.preset_files`."""
