@@ -13,6 +13,7 @@ import argparse
 import csv
 import io
 import json
+import shutil
 import signal
 import sys
 import threading
@@ -172,6 +173,8 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
         result = trainer.run()
     except _user_errors():
         display.close()
+        if not resume and not any((run_dir / "checkpoints").glob("*.pt")):
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained yet: leave no empty run behind
         raise
     except KeyboardInterrupt:
         display.close()

@@ -57,7 +57,7 @@ class Preprocessor:
                 x = (centered @ self.stats["zca_matrix"]).reshape(x.shape)
             else:
                 raise ValueError(f"unknown preprocessing step {step!r}")
-        return self
+        return self.to(train_images.device)
 
     def to(self, device: torch.device) -> "Preprocessor":
         self.stats = {k: v.to(device, torch.float32) for k, v in self.stats.items()}

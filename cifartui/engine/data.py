@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,9 @@ ARCHIVES = {
                         tuple(name for name, _ in CIFAR100.train_list), CIFAR100.test_list[0][0],
                         CIFAR100.meta["filename"]),
 }
+
+
+DOWNLOAD_TIMEOUT_S = 60
 
 
 class DataError(Exception):
@@ -225,21 +229,27 @@ def load_cifar(name: str, root: Path, *, coarse: bool = False, download: bool = 
                                                       md5=archive.md5))
         if log:
             log(f"Downloading {archive.url} into {root}")
+        previous_timeout = socket.getdefaulttimeout()
+        # urllib waits forever by default; a black-holed network should fail, not hang.
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
         try:
             root.mkdir(parents=True, exist_ok=True)
             download_and_extract_archive(archive.url, str(root), filename=archive.filename, md5=archive.md5)
-        except urllib.error.URLError as error:
+        except (urllib.error.URLError, socket.timeout) as error:
             reason = getattr(error, "reason", error)
             raise DataUnavailable(OFFLINE_HELP.format(name=name, root=root, reason=f"no network: {reason}",
                                                       folder=archive.folder, filename=archive.filename,
                                                       md5=archive.md5)) from None
         except RuntimeError as error:
             # torchvision raises RuntimeError when the MD5 of the archive does not match.
-            raise DataError(f"{root / archive.filename}: {error} Expected MD5 {archive.md5}; "
-                            "delete the file and try again.") from None
+            raise DataError(f"{root / archive.filename}: {error} Its MD5 is not the published "
+                            f"{archive.md5}: the download was incomplete or altered. Run again to "
+                            "download it again.") from None
         except OSError as error:
             raise DataError(f"{root}: cannot download or extract {archive.filename}: "
                             f"{error.strerror or error}") from None
+        finally:
+            socket.setdefaulttimeout(previous_timeout)
         if not folder.is_dir():
             raise DataError(f"{root / archive.filename}: the archive did not contain '{archive.folder}/'")
     return read_cifar_folder(name, folder, coarse=coarse)

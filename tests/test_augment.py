@@ -1,0 +1,80 @@
+"""Preprocessing fitted on the training split; batched augmentation with per-sample randomness."""
+
+import torch
+
+from cifartui.config import AugmentConfig
+from cifartui.engine.augment import Augmenter, Preprocessor, cutout, random_affine, random_flip, random_shift
+
+
+def _images(count: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (count, 3, 32, 32), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def test_standardize_gives_zero_mean_unit_std_per_channel() -> None:
+    images = _images(256)
+    out = Preprocessor(("standardize",)).fit(images)(images)
+    assert torch.allclose(out.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(out.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-3)
+
+
+def test_gcn_normalizes_each_image() -> None:
+    out = Preprocessor(("gcn",)).fit(_images(8))(_images(8))
+    assert torch.allclose(out.mean(dim=(1, 2, 3)), torch.zeros(8), atol=1e-5)
+    assert torch.allclose(out.std(dim=(1, 2, 3)), torch.ones(8), atol=1e-4)
+
+
+def test_zca_whitens_the_training_split_it_was_fitted_on() -> None:
+    # Correlated images (a smooth field plus a little noise) so whitening has work to do.
+    g = torch.Generator().manual_seed(1)
+    base = torch.rand(4000, 3, 4, 4, generator=g)
+    smooth = torch.nn.functional.interpolate(base, size=32, mode="bilinear", align_corners=False)
+    images = (smooth * 200 + torch.rand(4000, 3, 32, 32, generator=g) * 40).to(torch.uint8)
+    pre = Preprocessor(("zca",), zca_epsilon=1e-5).fit(images)
+    flat = pre(images).reshape(len(images), -1).double()
+    raw = (images.double() / 255).reshape(len(images), -1)
+    def mean_abs_correlation(x: torch.Tensor) -> float:
+        c = torch.corrcoef(x[:, :64].T)  # neighbouring pixels of the first rows
+        return float((c - torch.diag(torch.diag(c))).abs().mean())
+    assert mean_abs_correlation(raw) > 0.3
+    assert mean_abs_correlation(flat) < 0.05
+
+
+def test_random_shift_moves_content_and_fills_zeros() -> None:
+    x = torch.ones(200, 1, 32, 32)
+    out = random_shift(x, 4, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    zeros_per_image = (out == 0).flatten(1).sum(1)
+    assert (zeros_per_image > 0).any() and (zeros_per_image == 0).any()  # some shifted, some not
+    assert zeros_per_image.unique().numel() > 5  # offsets differ per image
+
+
+def test_flip_is_per_sample_and_exact() -> None:
+    x = torch.arange(32.0).expand(100, 3, 32, 32).clone()
+    out = random_flip(x, torch.Generator().manual_seed(0))
+    flipped = (out[:, 0, 0, 0] == 31)
+    assert 20 < int(flipped.sum()) < 80
+    assert torch.equal(out[flipped], x[flipped].flip(3)) and torch.equal(out[~flipped], x[~flipped])
+
+
+def test_cutout_zeroes_a_square_per_image() -> None:
+    out = cutout(torch.ones(50, 3, 32, 32), 8, torch.Generator().manual_seed(0))
+    zeros = (out[:, 0] == 0).flatten(1).sum(1)
+    assert zeros.max() == 64 and zeros.min() >= 16  # a full 8x8 square, or part of it at a border
+    assert torch.equal(out[:, 0] == 0, out[:, 2] == 0)  # the same square on every channel
+
+
+def test_keras_affine_keeps_shape_and_varies_per_sample() -> None:
+    x = torch.rand(16, 3, 32, 32)
+    out = random_affine(x, 15.0, 0.1, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and not torch.allclose(out, x)
+    differences = (out - x).abs().flatten(1).mean(1)
+    assert differences.std() > 0
+
+
+def test_augmenter_is_deterministic_given_the_generator() -> None:
+    augment = Augmenter(AugmentConfig(crop_padding=4, flip=True, rotation=10, shift=0.1, cutout=8, translate=2))
+    x = torch.rand(32, 3, 32, 32)
+    first = augment(x, torch.Generator().manual_seed(5))
+    second = augment(x, torch.Generator().manual_seed(5))
+    third = augment(x, torch.Generator().manual_seed(6))
+    assert torch.equal(first, second) and not torch.equal(first, third)

@@ -1,0 +1,17 @@
+"""The engine runs without the UI: importing it must not import textual."""
+
+import subprocess
+import sys
+
+
+def test_engine_imports_no_textual() -> None:
+    code = (
+        "import sys\n"
+        "import cifartui.engine.trainer, cifartui.engine.data, cifartui.engine.models\n"
+        "import cifartui.engine.augment, cifartui.engine.schedules, cifartui.engine.checkpoint\n"
+        "import cifartui.engine.runs, cifartui.engine.events, cifartui.engine.optim\n"
+        "import cifartui.presets, cifartui.config\n"
+        "print(sorted(m for m in sys.modules if m == 'textual' or m.startswith('textual.')))\n"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "[]"
