@@ -21,6 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -156,7 +157,7 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
     control = RunControl()
     display = ProgressDisplay(console, control)
     trainer = Trainer(config, run_dir, data_dir=args.data_dir, listeners=[display], control=control,
-                      resume=resume, log=lambda text: console.print(text, highlight=False))
+                      resume=resume, log=lambda text: console.print(text, highlight=False, soft_wrap=True))
     received: list[int] = []
 
     def on_signal(number: int, _frame: Any) -> None:
@@ -179,14 +180,14 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
     except KeyboardInterrupt:
         display.close()
         console.print(f"Interrupted. Resume from the last checkpoint with: cifartui resume {run_dir}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
         return SIGNAL_EXIT.get(received[0], 130) if received else 130
     except Exception as error:
         display.close()
         with (run_dir / "error.log").open("a", encoding="utf-8") as handle:
             traceback.print_exc(file=handle)
         Console(stderr=True).print(f"[bold red]error:[/] the run failed: {type(error).__name__}: {error}\n"
-                                   f"Traceback in {run_dir / 'error.log'}", highlight=False)
+                                   f"Traceback in {run_dir / 'error.log'}", highlight=False, soft_wrap=True)
         return EXIT_FAILED
     finally:
         for number, handler in previous.items():
@@ -201,10 +202,10 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
     how = f"cifartui resume {run_dir}"
     if received:
         console.print(f"Stopped at step {result.summary['step']} with a checkpoint. Resume with: {how}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
         return SIGNAL_EXIT[received[0]]
     console.print(f"Stopped at step {result.summary['step']}: {display.pause_reason}\nResume with: {how}",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     return EXIT_PAUSED_HEADLESS
 
 
@@ -237,7 +238,7 @@ class ProgressDisplay:
                 f"{verb} [bold]{event.config['name']}[/] on {event.device}: {summary['name']} "
                 f"({summary['total_parameters']:,} parameters), {event.train_size} train / {event.val_size} val / "
                 f"{event.test_size} test images, {event.total_steps} steps. Run directory: {event.run_dir}",
-                highlight=False)
+                highlight=False, soft_wrap=True)
             self.progress.start()
             self._started = True
             self.task = self.progress.add_task("train", total=event.total_steps, completed=event.step, stats="")
@@ -250,20 +251,20 @@ class ProgressDisplay:
                    if event.val_loss is not None else "")
             self.console.print(f"epoch {event.epoch + 1}: train loss {event.train_loss:.4f}  "
                                f"top-1 {event.train_top1:.2f}%{val}  lr {event.lr:.3g}  ({event.seconds:.1f}s)",
-                               highlight=False)
+                               highlight=False, soft_wrap=True)
             if self.task is not None:
                 self.progress.update(self.task, completed=event.step)
         elif isinstance(event, ev.LRChanged):
             self.console.print(f"step {event.step}: learning rate {event.old:.4g} -> {event.new:.4g} ({event.reason})",
-                               highlight=False)
+                               highlight=False, soft_wrap=True)
         elif isinstance(event, ev.DropoutChanged):
             changed = {k: (event.old[k], v) for k, v in event.new.items() if event.old.get(k) != v}
             text = ", ".join(f"{k} {a:.3g}->{b:.3g}" for k, (a, b) in list(changed.items())[:8])
             more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
-            self.console.print(f"step {event.step}: dropout {text}{more}", highlight=False)
+            self.console.print(f"step {event.step}: dropout {text}{more}", highlight=False, soft_wrap=True)
         elif isinstance(event, (ev.LossNotFinite, ev.CheckpointFailed)):
             self.console.print(f"[bold red]{event.message if hasattr(event, 'message') else event.error}[/]",
-                               highlight=False)
+                               highlight=False, soft_wrap=True)
         elif isinstance(event, ev.RunPaused):
             self.pause_reason = event.reason
             self.control.stop(event.reason)
@@ -327,9 +328,9 @@ def cmd_presets(args: argparse.Namespace, console: Console) -> int:
     console.print(table)
     for part in ("dataset", "model", "optimizer", "augment"):
         names = ", ".join(presets.available(part)) or "-"
-        console.print(f"[bold]{part} parts:[/] {names}", highlight=False)
+        console.print(f"[bold]{part} parts:[/] {names}", highlight=False, soft_wrap=True)
     for problem in problems:
-        Console(stderr=True).print(f"[yellow]skipped:[/] {problem}", highlight=False)
+        Console(stderr=True).print(f"[yellow]skipped:[/] {problem}", highlight=False, soft_wrap=True)
     return EXIT_OK
 
 
@@ -337,7 +338,7 @@ def _show_preset(name: str, console: Console) -> int:
     from cifartui.engine.models import build_model, summarize
 
     config = presets.load(name)
-    console.print(f"[bold]{config.name}[/]: {config.description}", highlight=False)
+    console.print(f"[bold]{config.name}[/]: {config.description}", highlight=False, soft_wrap=True)
     table = Table(show_header=True, title="Resolved configuration")
     table.add_column("key")
     table.add_column("value", overflow="fold")
@@ -366,17 +367,19 @@ def cmd_runs(args: argparse.Namespace, console: Console) -> int:
     runs_dir = args.runs_dir or default_runs_dir()
     infos, problems = list_runs(runs_dir)
     if not infos and not problems:
-        console.print(f"No runs in {runs_dir}. Start one with: cifartui train demo-synthetic", highlight=False)
+        console.print(f"No runs in {runs_dir}. Start one with: cifartui train demo-synthetic", highlight=False, soft_wrap=True)
         return EXIT_OK
-    table = Table(title=f"Runs in {runs_dir}")
-    for column in ("run", "preset", "status", "epochs", "best val top-1", "test top-1", "started (UTC)"):
-        table.add_column(column, overflow="fold")
+    table = Table(title=f"Runs in {runs_dir}", box=box.SIMPLE_HEAD)
+    # The run directory's name already holds the UTC start time and the preset.
+    table.add_column("run", no_wrap=True)
+    for column in ("status", "epochs", "best val", "test"):
+        table.add_column(column, no_wrap=True, justify="left" if column == "status" else "right")
     for info in infos:
-        table.add_row(info.path.name, info.preset, info.status, f"{info.epochs_done}/{info.epochs_total}",
-                      _pct(info.best_val_top1), _pct(info.test_top1), info.started)
+        table.add_row(info.path.name, info.status, f"{info.epochs_done}/{info.epochs_total}",
+                      _pct(info.best_val_top1), _pct(info.test_top1))
     console.print(table)
     for problem in problems:
-        Console(stderr=True).print(f"[yellow]unreadable run:[/] {problem}", highlight=False)
+        Console(stderr=True).print(f"[yellow]unreadable run:[/] {problem}", highlight=False, soft_wrap=True)
     return EXIT_OK
 
 
@@ -400,7 +403,7 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
         text = buffer.getvalue()
     if args.output:
         args.output.write_text(text, encoding="utf-8")
-        console.print(f"Wrote {args.output}", highlight=False)
+        console.print(f"Wrote {args.output}", highlight=False, soft_wrap=True)
     else:
         sys.stdout.write(text)
     return EXIT_OK

@@ -1,0 +1,94 @@
+"""Checkpoints: atomic writes, and weights-only loading that refuses anything that could run code."""
+
+import errno
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifartui.engine import checkpoint as ckpt
+from cifartui.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from tests.conftest import malicious_pickle
+
+
+def _state(value: float) -> dict:
+    return {"format": CHECKPOINT_FORMAT, "weights": torch.full((4,), value), "step": int(value)}
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint(_state(1.0), path)
+    real_save = torch.save
+
+    def disk_full(obj, handle, *args, **kwargs):  # noqa: ANN001
+        real_save(obj, handle, *args, **kwargs)  # bytes reach the temporary file...
+        raise OSError(errno.ENOSPC, "No space left on device")  # ...then the disk fills up
+
+    monkeypatch.setattr(ckpt.torch, "save", disk_full)
+    with pytest.raises(OSError):
+        save_checkpoint(_state(2.0), path)
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left
+
+
+def test_fsync_failure_also_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(_state(1.0), path)
+
+    def failing_fsync(_fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(ckpt.os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        save_checkpoint(_state(3.0), path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1 and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize("force_unsafe", [False, True])
+@pytest.mark.parametrize("container", ["raw pickle", "torch zip"])
+def test_malicious_checkpoints_are_refused_and_run_no_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           force_unsafe: bool, container: str) -> None:
+    if force_unsafe:
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "last.pt"
+    if container == "raw pickle":
+        path.write_bytes(malicious_pickle(marker))
+    else:
+        class Exploit:
+            def __reduce__(self):
+                return (open, (str(marker), "w"))
+        torch.save({"format": CHECKPOINT_FORMAT, "payload": Exploit()}, path)
+    with pytest.raises(CheckpointError, match="refused") as caught:
+        load_checkpoint(path)
+    assert str(path) in str(caught.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "foreign"])
+def test_damaged_or_foreign_checkpoints_get_a_clear_error(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(_state(1.0), path)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"this is not a checkpoint" * 10)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    assert str(path) in str(caught.value)
+
+
+def test_rng_states_round_trip() -> None:
+    import random
+
+    import numpy as np
+    state = ckpt.capture_rng()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    ckpt.restore_rng(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected

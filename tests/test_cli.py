@@ -1,0 +1,162 @@
+"""The headless CLI as a user drives it: train, Ctrl-C, resume, runs, export, malicious files."""
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifartui.cli import main
+from cifartui.engine.checkpoint import load_checkpoint
+from tests.conftest import malicious_pickle
+
+SLOW_ENOUGH_PRESET = """
+description = "a run long enough to interrupt mid-epoch"
+[dataset]
+name = "synthetic"
+train_size = 8000
+test_size = 200
+val_fraction = 0.2
+[model]
+name = "cnn3"
+[optimizer]
+name = "sgd"
+lr = 0.05
+momentum = 0.9
+[augment]
+crop_padding = 4
+flip = true
+[train]
+epochs = 2
+batch_size = 32
+log_every = 1
+device = "cpu"
+"""
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cifartui.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+
+
+def _only_run(runs: Path) -> Path:
+    (run,) = list(runs.iterdir())
+    return run
+
+
+def test_ctrl_c_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    preset = tmp_path / "interruptible.toml"
+    preset.write_text(SLOW_ENOUGH_PRESET)
+    whole_runs, split_runs = tmp_path / "whole", tmp_path / "split"
+
+    whole = _cli("train", str(preset), "--runs-dir", str(whole_runs))
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()
+    split = _cli("train", str(preset), "--runs-dir", str(split_runs))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        runs = list(split_runs.glob("*/metrics.jsonl"))
+        if runs and any(json.loads(line).get("step", 0) >= 8 for line in runs[0].read_text().splitlines()
+                        if '"StepMetrics"' in line):
+            break
+        time.sleep(0.02)
+    split.send_signal(signal.SIGINT)
+    out, err = split.communicate(timeout=120)
+    assert split.returncode == 130, err
+    run = _only_run(split_runs)
+    assert f"cifartui resume {run}" in " ".join(out.split()).replace("\n", "")
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert 0 < state["progress"]["position"] < 200, "the interrupt should land mid-epoch"
+    assert json.loads((run / "status.json").read_text())["status"] == "stopped"
+
+    resumed = _cli("resume", str(run))
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    a = load_checkpoint(_only_run(whole_runs) / "checkpoints" / "last.pt")
+    b = load_checkpoint(run / "checkpoints" / "last.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for index, slot in a["optimizer"]["state"].items():
+        for name, value in slot.items():
+            assert torch.equal(value, b["optimizer"]["state"][index][name])
+
+
+def _tiny_run(tmp_path: Path) -> Path:
+    runs = tmp_path / "runs"
+    code = main(["train", "demo-synthetic", "--epochs", "2", "--set", "dataset.train_size=400",
+                 "--set", "dataset.test_size=100", "--runs-dir", str(runs), "--device", "cpu"])
+    assert code == 0
+    return _only_run(runs)
+
+
+@pytest.mark.parametrize("unsafe_env", [False, True])
+def test_malicious_last_checkpoint_is_refused_and_runs_no_code(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               unsafe_env: bool) -> None:
+    run = _tiny_run(tmp_path)
+    marker = tmp_path / "code-ran"
+    (run / "checkpoints" / "last.pt").write_bytes(malicious_pickle(marker))
+    if unsafe_env:
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    capsys.readouterr()
+    assert main(["resume", str(run), "--epochs", "3"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "refused" in err and "last.pt" in err and "Traceback" not in err
+    assert not marker.exists()
+
+
+def test_runs_lists_status_and_best_accuracy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _tiny_run(tmp_path)
+    capsys.readouterr()
+    assert main(["runs", "--runs-dir", str(run.parent)]) == 0
+    out = capsys.readouterr().out
+    assert run.name in out and "finished" in out and "2/2" in out
+
+
+def test_resume_of_a_finished_run_needs_more_epochs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _tiny_run(tmp_path)
+    assert main(["resume", str(run)]) == 2
+    assert "already finished" in capsys.readouterr().err
+    assert main(["resume", str(run), "--epochs", "3"]) == 0
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 3
+
+
+def test_export_csv_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _tiny_run(tmp_path)
+    assert main(["export", str(run), "--format", "csv", "-o", str(tmp_path / "m.csv")]) == 0
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "m.csv").read_text())))
+    epochs = [r for r in rows if r["event"] == "EpochEnded"]
+    assert len(epochs) == 2 and float(epochs[-1]["val_top1"]) >= 0
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "json"]) == 0
+    events = json.loads(capsys.readouterr().out)
+    assert events[0]["event"] == "RunStarted" and events[-1]["event"] == "RunFinished"
+    assert main(["export", str(tmp_path), "--format", "csv"]) == 2  # not a run directory
+
+
+def test_partial_last_metrics_line_still_lists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _tiny_run(tmp_path)
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write('{"event": "StepMetrics", "step": 9')  # a crash mid-line
+    capsys.readouterr()
+    assert main(["runs", "--runs-dir", str(run.parent)]) == 0
+    assert "finished" in capsys.readouterr().out
+
+
+def test_unknown_device_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "demo-synthetic", "--device", "tpu"]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
+
+
+def test_demo_synthetic_reaches_80_percent(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.json"
+    assert main(["train", "demo-synthetic", "--runs-dir", str(tmp_path / "runs"), "--device", "cpu",
+                 "--summary-json", str(summary)]) == 0
+    result = json.loads(summary.read_text())
+    assert result["test_top1"] >= 80.0, result

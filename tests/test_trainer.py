@@ -1,0 +1,201 @@
+"""The trainer: events, run directory, control (pause, resume, stop, checkpoint), NaN, exact resume."""
+
+import dataclasses
+import json
+import math
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifartui.config import DropoutEvent, ScheduleConfig
+from cifartui.engine import events as ev
+from cifartui.engine import trainer as trainer_module
+from cifartui.engine.checkpoint import load_checkpoint
+from cifartui.engine.runs import read_metrics, read_status
+from cifartui.engine.trainer import RunControl, Trainer
+from tests.conftest import tiny_config, with_train
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[ev.Event] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, event: ev.Event) -> None:
+        with self.lock:
+            self.events.append(event)
+
+    def of(self, kind: type) -> list:
+        with self.lock:
+            return [e for e in self.events if isinstance(e, kind)]
+
+
+def test_a_run_reports_everything_and_fills_its_directory(tmp_path: Path) -> None:
+    config = dataclasses.replace(tiny_config(epochs=3), optimizer=dataclasses.replace(
+        tiny_config().optimizer, schedule=ScheduleConfig(name="step", step_size=1, gamma=0.5)),
+        dropout_schedule=(DropoutEvent(at=1, unit="epoch", action="set", rates=(0.2, 0.2, 0.2, 0.2)),))
+    recorder = Recorder()
+    result = Trainer(config, tmp_path / "run", listeners=[recorder]).run()
+    assert result.status == "finished"
+    started = recorder.of(ev.RunStarted)[0]
+    assert started.model_summary["total_parameters"] == 257_978 and started.device == "cpu"
+    assert (started.train_size, started.val_size, started.test_size) == (240, 60, 100)
+    epochs = recorder.of(ev.EpochEnded)
+    assert [e.epoch for e in epochs] == [0, 1, 2] and all(e.val_top5 >= e.val_top1 for e in epochs)
+    assert [(e.old, e.new) for e in recorder.of(ev.LRChanged)] == [(0.02, 0.01), (0.01, 0.005)]
+    dropout = recorder.of(ev.DropoutChanged)
+    assert len(dropout) == 1 and dropout[0].step == 8 and set(dropout[0].new.values()) == {0.2}
+    finished = recorder.of(ev.RunFinished)[0]
+    assert 0 <= finished.test_top1 <= finished.test_top5 <= 100 and finished.images_per_s > 0
+    steps = recorder.of(ev.StepMetrics)
+    assert steps and all(isinstance(s.loss, float) and s.eta_s >= 0 for s in steps)
+
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 3
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("test_top1", "test_top5", "test_loss", "best_val_top1", "epochs", "images_per_s", "run_dir"):
+        assert key in summary
+    lines = read_metrics(run)
+    assert lines[0]["event"] == "RunStarted" and lines[-1]["event"] == "RunFinished"
+    assert read_status(run)["status"] == "finished"
+    # Events carry plain values only.
+    for event in recorder.events:
+        for value in dataclasses.asdict(event).values():
+            assert not isinstance(value, torch.Tensor)
+
+
+def test_pause_blocks_between_steps_and_resume_continues(tmp_path: Path) -> None:
+    control = RunControl()
+    recorder = Recorder()
+    trainer = Trainer(tiny_config(epochs=30), tmp_path / "run", listeners=[recorder], control=control)
+    thread = trainer.start()
+    while not recorder.of(ev.StepMetrics):
+        time.sleep(0.01)
+    control.pause()
+    deadline = time.monotonic() + 10
+    while not recorder.of(ev.RunPaused) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    paused_at = trainer.progress.step
+    assert recorder.of(ev.RunPaused) and read_status(tmp_path / "run")["status"] == "paused"
+    time.sleep(0.3)
+    assert trainer.progress.step == paused_at  # nothing trains while paused
+    control.checkpoint_now()  # served while paused
+    deadline = time.monotonic() + 10
+    while not recorder.of(ev.CheckpointSaved) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert recorder.of(ev.CheckpointSaved)[0].step == paused_at
+    control.resume()
+    while trainer.progress.step <= paused_at + 2:
+        time.sleep(0.01)
+    assert recorder.of(ev.RunResumed)
+    control.stop("test over")
+    thread.join(30)
+    assert not thread.is_alive() and trainer.result.status == "stopped"
+    stopped = recorder.of(ev.RunStopped)[0]
+    assert load_checkpoint(Path(stopped.checkpoint))["progress"]["step"] == stopped.step
+    assert read_status(tmp_path / "run")["status"] == "stopped"
+
+
+def test_non_finite_loss_pauses_within_one_step_and_keeps_weights_finite(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    poison_step = 12
+    real_build = trainer_module.build_model
+
+    def build_poisoned(config, classes):  # noqa: ANN001
+        model = real_build(config, classes)
+        calls = {"n": 0}
+        original = model.forward
+
+        def forward(x):  # noqa: ANN001
+            out = original(x)
+            if model.training:
+                calls["n"] += 1
+                if calls["n"] == poison_step + 1:
+                    return out * float("nan")
+            return out
+        model.forward = forward
+        return model
+
+    monkeypatch.setattr(trainer_module, "build_model", build_poisoned)
+    control = RunControl()
+    recorder = Recorder()
+    trainer = Trainer(tiny_config(epochs=5), tmp_path / "run", listeners=[recorder], control=control)
+    thread = trainer.start()
+    deadline = time.monotonic() + 30
+    while not recorder.of(ev.RunPaused) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    bad = recorder.of(ev.LossNotFinite)
+    assert bad and bad[0].step == poison_step and math.isnan(bad[0].loss)
+    assert recorder.of(ev.RunPaused)[0].step == poison_step + 1  # paused before another step
+    assert "non-finite loss" in recorder.of(ev.RunPaused)[0].reason
+    control.stop("test over")
+    thread.join(30)
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_slow_listener_never_slows_training(tmp_path: Path) -> None:
+    delivered = Recorder()
+
+    def slow(event: ev.Event) -> None:
+        time.sleep(0.3)
+        delivered(event)
+
+    trainer = Trainer(tiny_config(epochs=3, batch_size=4), tmp_path / "run", listeners=[slow])
+    trainer.run()
+    written = read_metrics(tmp_path / "run")
+    written_steps = sum(1 for e in written if e["event"] == "StepMetrics")
+    # Step metrics were coalesced for the slow listener; every other event still reached it.
+    assert len(delivered.of(ev.StepMetrics)) < written_steps
+    assert len(delivered.of(ev.EpochEnded)) == 3 and len(delivered.of(ev.RunFinished)) == 1
+
+
+def _final_state(run_dir: Path) -> dict:
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")
+
+
+def _assert_identical(a: dict, b: dict) -> None:
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    opt_a, opt_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert opt_a.keys() == opt_b.keys()
+    for index in opt_a:
+        for name, value in opt_a[index].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(opt_b[index][name])), (index, name)
+    assert a["progress"]["step"] == b["progress"]["step"]
+
+
+@pytest.mark.parametrize("stop_at", [5, 8, 13])  # mid-epoch, at an epoch boundary (8 steps/epoch), mid-epoch
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, stop_at: int) -> None:
+    base = tiny_config(epochs=3)
+    config = dataclasses.replace(
+        base, optimizer=dataclasses.replace(base.optimizer, schedule=ScheduleConfig(name="cosine", warmup=1)),
+        dropout_schedule=(DropoutEvent(at=14, action="multiply", factor=2.0, scope="all"),))
+    Trainer(config, tmp_path / "whole").run()
+
+    control = RunControl()
+
+    def stop_at_step(event: ev.Event) -> None:
+        pass
+
+    interrupted = Trainer(config, tmp_path / "split", control=control, listeners=[stop_at_step])
+    original = interrupted._between_steps
+
+    def between_steps() -> bool:
+        if interrupted.progress.step == stop_at:
+            control.stop("simulated interrupt")
+        return original()
+
+    interrupted._between_steps = between_steps
+    assert interrupted.run().status == "stopped"
+    assert _final_state(tmp_path / "split")["progress"]["step"] == stop_at
+    resumed = Trainer(config, tmp_path / "split", resume=True).run()
+    assert resumed.status == "finished"
+    _assert_identical(_final_state(tmp_path / "whole"), _final_state(tmp_path / "split"))
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    split = json.loads((tmp_path / "split" / "summary.json").read_text())
+    assert (whole["test_loss"], whole["test_top1"]) == (split["test_loss"], split["test_top1"])
