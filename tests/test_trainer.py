@@ -52,6 +52,9 @@ def test_a_run_reports_everything_and_fills_its_directory(tmp_path: Path) -> Non
     assert 0 <= finished.test_top1 <= finished.test_top5 <= 100 and finished.images_per_s > 0
     steps = recorder.of(ev.StepMetrics)
     assert steps and all(isinstance(s.loss, float) and s.eta_s >= 0 for s in steps)
+    # Training time covers every epoch, not just the first (evaluation is excluded, so compare loosely).
+    summary_seconds = json.loads((tmp_path / "run" / "summary.json").read_text())["train_seconds"]
+    assert summary_seconds > 0.5 * sum(e.seconds for e in epochs)
 
     run = tmp_path / "run"
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 3

@@ -417,6 +417,7 @@ class Trainer:
             if not self._between_steps():
                 return self._stopped()
             self._end_epoch(time.monotonic() - epoch_started)
+            self._clock_start()
         return self._finish()
 
     def _emit_step(self, window: torch.Tensor, start_step: int, start_seconds: float) -> None:
