@@ -83,10 +83,10 @@ def _conv(cin: int, cout: int, kernel: int) -> nn.Module:
     return nn.Sequential(nn.ZeroPad2d((low, high, low, high)), nn.Conv2d(cin, cout, kernel))
 
 
-# --- the seeds' small CNNs, as written ---------------------------------------------------------
+# --- the write-ups' small CNNs, as written -------------------------------------------------------
 
 def cnn3(config: ModelConfig, num_classes: int) -> nn.Module:
-    """Seed 001: 3 conv (32/64/128) + dense 80; dropout .3/.3/.4/.3."""
+    """Deep Learning Lab, Episode 2: 3 conv (32/64/128) + dense 80; dropout .3/.3/.4/.3."""
     act = config.activation if config.activation != "default" else "relu"
     rates = _rates(config, (0.3, 0.3, 0.4, 0.3))
     return nn.Sequential(
@@ -99,7 +99,7 @@ def cnn3(config: ModelConfig, num_classes: int) -> nn.Module:
 
 
 def cnn3_dense512(config: ModelConfig, num_classes: int) -> nn.Module:
-    """Seed 003: 3 conv (32/64/128) + dense 512; dropout .1/.25/.5 (activations as the seed lists them)."""
+    """CIFAR-100 Assignment 3: 3 conv (32/64/128) + dense 512; dropout .1/.25/.5 (activations as listed there)."""
     act = config.activation if config.activation != "default" else "relu"
     rates = _rates(config, (0.1, 0.25, 0.5))
     return nn.Sequential(
@@ -113,7 +113,7 @@ def cnn3_dense512(config: ModelConfig, num_classes: int) -> nn.Module:
 
 
 def cnn4_dense512(config: ModelConfig, num_classes: int) -> nn.Module:
-    """Seed 004: 4 conv (32/64/128/256) + dropout .5 + dense 512."""
+    """Zhou, CNN on CIFAR-100: 4 conv (32/64/128/256) + dropout .5 + dense 512."""
     act = config.activation if config.activation != "default" else "relu"
     rates = _rates(config, (0.5,))
     return nn.Sequential(
@@ -128,7 +128,7 @@ def cnn4_dense512(config: ModelConfig, num_classes: int) -> nn.Module:
 
 # --- the 18-conv ELU network of Clevert et al. ----------------------------------------------------
 
-# (layers x units x receptive field) per stack, as the seed gives them.
+# (units, receptive field) of each layer, stack by stack, as the Keras write-up of the paper gives them.
 ELU18_STACKS = (
     ((384, 3),),
     ((384, 1), (384, 2), (640, 2), (640, 2)),
@@ -206,7 +206,7 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.preact = preact
         identity = stride == 1 and cin == planes * self.expansion
-        # The seed's ResNets put dropout only in identity blocks: before the block and after the sum.
+        # The ECE 472 ResNets put dropout only in identity blocks: before the block and after the sum.
         self.drop_in = ScheduledDropout(block_dropout if identity else 0.0, group)
         self.bn1 = nn.BatchNorm2d(cin if preact else planes)
         self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
