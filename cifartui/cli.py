@@ -130,8 +130,12 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
 
     run_dir = args.run_dir
     config = read_config(run_dir)
+    status = read_status(run_dir)
+    if status.get("status") in ("running", "paused"):
+        raise UsageError(f"{run_dir} is being trained right now by process {status.get('pid')} on "
+                         f"{status.get('host')}; stop that process first")
     check_resumable(run_dir)
-    if read_status(run_dir).get("status") == "finished" and args.epochs is None:
+    if status.get("status") == "finished" and args.epochs is None:
         raise UsageError(f"{run_dir} already finished; pass --epochs N to train it further")
     if args.epochs is not None:
         config = replace_path(config, "train.epochs", args.epochs, "--epochs")

@@ -134,6 +134,9 @@ def validate(config: RunConfig, source: str) -> RunConfig:
     schedule = config.optimizer.schedule
     if schedule.name == "multistep" and list(schedule.milestones) != sorted(schedule.milestones):
         raise ConfigError(source, "optimizer.schedule.milestones", "expected increasing values")
+    if config.optimizer.nesterov and (config.optimizer.name != "sgd" or config.optimizer.momentum == 0):
+        raise ConfigError(source, "optimizer.nesterov", "Nesterov momentum needs optimizer.name = 'sgd' "
+                          "and optimizer.momentum > 0")
     if config.optimizer.name in ("adam", "adamw") and len(config.optimizer.betas) != 2:
         raise ConfigError(source, "optimizer.betas", "expected two values, [beta1, beta2]")
     if schedule.name in ("onecycle", "triangular") and schedule.max_lr < config.optimizer.lr:

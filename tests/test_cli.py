@@ -149,6 +149,43 @@ def test_partial_last_metrics_line_still_lists(tmp_path: Path, capsys: pytest.Ca
     assert "finished" in capsys.readouterr().out
 
 
+def test_resume_refuses_a_run_another_process_is_training(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    run = _tiny_run(tmp_path)
+    status = json.loads((run / "status.json").read_text())
+    status.update(status="running", pid=os.getppid())  # a live process on this host
+    (run / "status.json").write_text(json.dumps(status))
+    assert main(["resume", str(run), "--epochs", "3"]) == 2
+    assert "is being trained right now" in capsys.readouterr().err
+
+
+def test_headless_non_finite_loss_stops_with_finite_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from cifartui.engine import trainer as trainer_module
+    real_build = trainer_module.build_model
+
+    def build_exploding(config, classes):  # noqa: ANN001
+        model = real_build(config, classes)
+        original, calls = model.forward, {"n": 0}
+
+        def forward(x):  # noqa: ANN001
+            calls["n"] += model.training
+            return original(x) * (float("inf") if calls["n"] == 20 and model.training else 1.0)
+        model.forward = forward
+        return model
+
+    monkeypatch.setattr(trainer_module, "build_model", build_exploding)
+    runs = tmp_path / "runs"
+    code = main(["train", "demo-synthetic", "--set", "dataset.train_size=600", "--runs-dir", str(runs),
+                 "--device", "cpu"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 3
+    assert "non-finite loss" in out and "step 19" in out and "cifartui resume" in out
+    state = load_checkpoint(_only_run(runs) / "checkpoints" / "last.pt")
+    assert state["progress"]["step"] == 20
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
 def test_unknown_device_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "demo-synthetic", "--device", "tpu"]) == 2
     assert "unknown device 'tpu'" in capsys.readouterr().err

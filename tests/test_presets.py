@@ -71,6 +71,7 @@ def test_compose_swaps_parts_and_sets_keys() -> None:
     ("train.epochs=1.5", "expected an integer"),
     ("optimizer.name=adagrad", "not allowed"),
     ("nonsense", "expected part.key=value"),
+    ("optimizer.nesterov=true", "Nesterov momentum needs"),
 ])
 def test_bad_set_values_are_refused(setting: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
