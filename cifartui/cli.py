@@ -50,6 +50,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cifartui", description="Train CNNs on CIFAR-10/100: presets that reproduce published experiments.")
+    parser.add_argument("--runs-dir", type=Path, help="where the app keeps and finds runs (default ./runs or "
+                        "$CIFARTUI_RUNS)")
+    parser.add_argument("--data-dir", type=Path, help="where CIFAR lives or is downloaded")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def run_options(sub: argparse.ArgumentParser) -> None:
@@ -57,21 +60,29 @@ def build_parser() -> argparse.ArgumentParser:
                          "$CIFARTUI_DATA or the user cache dir)")
         sub.add_argument("--summary-json", type=Path, metavar="FILE", help="write the final metrics as JSON")
 
+    def preset_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("preset", help="preset name or path to a TOML file")
+        sub.add_argument("--set", dest="sets", action="append", default=[], metavar="PART.KEY=VALUE",
+                         help="override any setting, e.g. --set optimizer.lr=0.1 (repeatable)")
+        sub.add_argument("--epochs", type=int)
+        sub.add_argument("--dataset", help="swap the dataset part (cifar10, cifar100, cifar100-coarse, synthetic)")
+        sub.add_argument("--model", help="swap the model part for a model preset")
+        sub.add_argument("--optimizer", help="swap the optimizer part (with its schedule)")
+        sub.add_argument("--augment", help="swap the augmentation part")
+        sub.add_argument("--batch-size", type=int)
+        sub.add_argument("--lr", type=float)
+        sub.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+        sub.add_argument("--seed", type=int)
+        sub.add_argument("--runs-dir", type=Path, help="parent of run directories (default ./runs or $CIFARTUI_RUNS)")
+        sub.add_argument("--data-dir", type=Path, help="where CIFAR lives or is downloaded (default: "
+                         "$CIFARTUI_DATA or the user cache dir)")
+
+    run = commands.add_parser("run", help="open the app with a preset already training")
+    preset_options(run)
+
     train = commands.add_parser("train", help="train a preset headless, with a progress bar")
-    train.add_argument("preset", help="preset name or path to a TOML file")
-    train.add_argument("--set", dest="sets", action="append", default=[], metavar="PART.KEY=VALUE",
-                       help="override any setting, e.g. --set optimizer.lr=0.1 (repeatable)")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--dataset", help="swap the dataset part (cifar10, cifar100, cifar100-coarse, synthetic)")
-    train.add_argument("--model", help="swap the model part for a model preset")
-    train.add_argument("--optimizer", help="swap the optimizer part (with its schedule)")
-    train.add_argument("--augment", help="swap the augmentation part")
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--runs-dir", type=Path, help="parent of run directories (default ./runs or $CIFARTUI_RUNS)")
-    run_options(train)
+    preset_options(train)
+    train.add_argument("--summary-json", type=Path, metavar="FILE", help="write the final metrics as JSON")
 
     resume = commands.add_parser("resume", help="continue a run from its checkpoints/last.pt")
     resume.add_argument("run_dir", type=Path)
@@ -98,10 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(stderr=False)
     errors = Console(stderr=True)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_OK
-    handlers = {"train": cmd_train, "resume": cmd_resume, "presets": cmd_presets, "runs": cmd_runs,
+    handlers = {None: cmd_app, "run": cmd_app, "train": cmd_train, "resume": cmd_resume, "presets": cmd_presets, "runs": cmd_runs,
                 "export": cmd_export}
     try:
         return handlers[args.command](args, console)
@@ -112,14 +120,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # --- train and resume ---------------------------------------------------------------------------
 
-def cmd_train(args: argparse.Namespace, console: Console) -> int:
-    from cifartui.engine.runs import default_runs_dir, new_run_dir
-
+def _config_from_args(args: argparse.Namespace) -> RunConfig:
     config = presets.compose(
         presets.load(args.preset), dataset=args.dataset, model=args.model, optimizer=args.optimizer,
         augment=args.augment, sets=args.sets, epochs=args.epochs, seed=args.seed, device=args.device,
         batch_size=args.batch_size, lr=args.lr)
     _check_model(config)
+    return config
+
+
+def cmd_app(args: argparse.Namespace, console: Console) -> int:
+    """The interactive app; with `run PRESET`, that run starts training at once."""
+    initial = [_config_from_args(args)] if args.command == "run" else []
+    from cifartui.ui.app import make_app  # textual loads only for the app
+
+    app = make_app(runs_dir=args.runs_dir, data_dir=args.data_dir, initial=initial)
+    return app.run() or EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace, console: Console) -> int:
+    from cifartui.engine.runs import default_runs_dir, new_run_dir
+
+    config = _config_from_args(args)
     run_dir = new_run_dir(args.runs_dir or default_runs_dir(), config.name)
     return _run(config, run_dir, args, console, resume=False)
 

@@ -42,6 +42,7 @@ class RunStarted(Event):
     val_size: int
     test_size: int
     resumed: bool
+    dropout_rates: dict
 
 
 @dataclass(frozen=True)

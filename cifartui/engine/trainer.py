@@ -364,7 +364,7 @@ class Trainer:
             run_dir=str(self.run_dir), config=config.to_dict(), model_summary=self.summary.to_dict(),
             device=str(self.device), step=p.step, epoch=p.epoch, total_steps=self.total_steps,
             steps_per_epoch=self.steps_per_epoch, train_size=len(self.train_y), val_size=len(self.val_y),
-            test_size=len(self.test_y), resumed=self.resume))
+            test_size=len(self.test_y), resumed=self.resume, dropout_rates=dropout_rates(self.model)))
         window = torch.zeros(3, dtype=torch.float64, device=self.device)
         last_emit, steps_since_emit = time.monotonic(), 0
         self.last_checkpoint_time = time.monotonic()

@@ -1,0 +1,1 @@
+"""Everything on screen. Talks to the engine only through its events and a RunControl."""

@@ -1,0 +1,481 @@
+"""The Textual app: runs in tabs, each training in its own background thread.
+
+The app talks to the engine only through events (posted as `RunEvent` messages from
+the training thread, which never waits for the screen) and each run's `RunControl`.
+`make_app` builds it with a trainer factory, so tests can drive the real app with tiny
+runs or a scripted engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from textual import work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
+
+from cifartui.config import RunConfig
+from cifartui.engine import events as ev
+from cifartui.engine.checkpoint import CheckpointError
+from cifartui.engine.runs import (RunDirError, default_runs_dir, list_runs, new_run_dir, read_config, read_metrics,
+                                  read_status)
+from cifartui.engine.trainer import RunControl, Trainer
+from cifartui.ui.messages import RunEvent
+from cifartui.ui.screens.compare import CompareScreen
+from cifartui.ui.screens.dialogs import ConfirmScreen, HelpScreen, ResumeOfferScreen
+from cifartui.ui.screens.history import HistoryScreen
+from cifartui.ui.screens.picker import PickerScreen
+from cifartui.ui.widgets.run_panel import RunPanel
+
+# How long quitting waits for runs to write their checkpoints before leaving anyway.
+SHUTDOWN_WAIT_S = 8.0
+ACTIVE = ("starting", "running", "paused")
+STATUS_MARK = {"running": "▶", "paused": "⏸", "finished": "✓", "stopped": "■", "failed": "✗",
+               "following": "◉", "viewing": "·", "starting": "…"}
+
+TrainerFactory = Callable[..., Any]
+
+
+@dataclass
+class RunHandle:
+    run_id: str
+    run_dir: Path
+    config: RunConfig | None
+    control: RunControl | None  # None for a run this app only views or follows
+    status: str = "starting"
+    done: threading.Event = field(default_factory=threading.Event)
+    tail_offset: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.control is not None and self.status in ACTIVE and not self.done.is_set()
+
+
+def event_from_json(data: dict) -> ev.Event | None:
+    """An event back from a metrics.jsonl line; None for anything unknown or malformed."""
+    kind = ev.EVENT_TYPES.get(str(data.get("event")))
+    if kind is None:
+        return None
+    names = {f.name for f in dataclasses.fields(kind)}
+    try:
+        return kind(**{k: v for k, v in data.items() if k in names})
+    except TypeError:
+        return None
+
+
+class CifarTuiApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "cifartui"
+    BINDINGS = [
+        Binding("n", "new_run", "New run"),
+        Binding("p", "toggle_pause", "Pause/resume"),
+        Binding("s", "stop_run", "Stop"),
+        Binding("c", "checkpoint", "Checkpoint"),
+        Binding("h", "history", "History"),
+        Binding("v", "compare", "Compare"),
+        Binding("w", "close_tab", "Close tab", show=False),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, *, runs_dir: Path | None = None, data_dir: Path | None = None,
+                 trainer_factory: TrainerFactory = Trainer, initial: Iterable[RunConfig] = (),
+                 offer_resume: bool = True) -> None:
+        super().__init__()
+        self.runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
+        self.data_dir = data_dir
+        self.trainer_factory = trainer_factory
+        self.initial = list(initial)
+        self.offer_resume = offer_resume
+        self.handles: dict[str, RunHandle] = {}
+        self.comparison: list[Path] = []
+        self._counter = 0
+        self._shutting_down = False
+
+    # --- layout -------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("No runs yet. Press [b]n[/] to start one, [b]h[/] for history, [b]?[/] for help.",
+                     id="welcome")
+        yield TabbedContent(id="runs")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._install_signal_handlers()
+        self._layout_for(self.size.width, self.size.height)
+        for config in self.initial:
+            self.launch(config)
+        self._update_welcome()
+        if self.offer_resume:
+            self.call_after_refresh(self._offer_resume)
+
+    def on_resize(self, event: Any) -> None:
+        self._layout_for(event.size.width, event.size.height)
+
+    def _layout_for(self, width: int, height: int) -> None:
+        # Below 100x30 charts stack and the panel scrolls; the same widgets, another arrangement.
+        self.set_class(width < 100 or height < 30, "narrow")
+
+    def _update_welcome(self) -> None:
+        has_tabs = bool(self.handles)
+        self.query_one("#welcome", Static).display = not has_tabs
+        self.query_one("#runs", TabbedContent).display = has_tabs
+
+    # --- command palette ----------------------------------------------------------------------
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("New run", "Pick a recipe or compose its parts, then launch", self.action_new_run)
+        yield SystemCommand("Pause or resume run", "Pause the focused run, or resume it", self.action_toggle_pause)
+        yield SystemCommand("Stop run", "Stop the focused run after writing a checkpoint", self.action_stop_run)
+        yield SystemCommand("Checkpoint now", "Write the focused run's checkpoint now", self.action_checkpoint)
+        yield SystemCommand("History", "Browse, open, follow and resume runs", self.action_history)
+        yield SystemCommand("Compare runs", "One metric across runs, ranked", self.action_compare)
+        yield SystemCommand("Help", "Keys and what they do", self.action_help)
+
+    # --- runs ---------------------------------------------------------------------------------
+
+    def _new_id(self) -> str:
+        self._counter += 1
+        return f"run-{self._counter}"
+
+    def _add_panel(self, handle: RunHandle, title: str) -> RunPanel:
+        panel = RunPanel(handle.run_id, title, id=f"panel-{handle.run_id}")
+        tabs = self.query_one("#runs", TabbedContent)
+        tabs.add_pane(TabPane(self._tab_label(title, handle.status), panel, id=handle.run_id))
+        tabs.active = handle.run_id
+        self._update_welcome()
+        return panel
+
+    @staticmethod
+    def _tab_label(title: str, status: str) -> str:
+        return f"{STATUS_MARK.get(status, '')} {title}"
+
+    def launch(self, config: RunConfig, *, run_dir: Path | None = None, resume: bool = False) -> RunHandle:
+        """Start training `config` in a background thread, in a new tab."""
+        run_dir = run_dir or new_run_dir(self.runs_dir, config.name)
+        handle = RunHandle(self._new_id(), run_dir, config, RunControl())
+        self.handles[handle.run_id] = handle
+        run_id = handle.run_id
+
+        def listener(event: ev.Event) -> None:
+            self.post_message(RunEvent(run_id, event))  # thread-safe; returns at once
+
+        trainer = self.trainer_factory(config, run_dir, data_dir=self.data_dir, listeners=[listener],
+                                       control=handle.control, resume=resume)
+        self._add_panel(handle, run_dir.name)
+        self.run_worker(partial(self._train, handle, trainer), thread=True, group="runs", name=run_id,
+                        description=f"training {run_dir.name}", exit_on_error=False)
+        return handle
+
+    @staticmethod
+    def _train(handle: RunHandle, trainer: Any) -> Any:
+        try:
+            return trainer.run()
+        except BaseException:
+            try:
+                with (handle.run_dir / "error.log").open("a", encoding="utf-8") as log:
+                    traceback.print_exc(file=log)
+            except OSError:
+                pass
+            raise
+        finally:
+            handle.done.set()
+
+    def panel(self, run_id: str) -> RunPanel | None:
+        panels = self.query(f"#panel-{run_id}")
+        return panels.first(RunPanel) if panels else None
+
+    def on_run_event(self, message: RunEvent) -> None:
+        handle = self.handles.get(message.run_id)
+        panel = self.panel(message.run_id)
+        if handle is None or panel is None:
+            return
+        event = message.event
+        panel.apply(event)
+        status = panel.status
+        if isinstance(event, ev.LossNotFinite):
+            self.bell()
+            self.notify(event.message, title=f"{handle.run_dir.name}: paused", severity="error", timeout=15)
+        elif isinstance(event, ev.CheckpointFailed):
+            self.notify(event.error, title=f"{handle.run_dir.name}: checkpoint failed", severity="error",
+                        timeout=15)
+        elif isinstance(event, ev.RunFailed):
+            self.notify(f"{event.error_type}: {event.error}", title=f"{handle.run_dir.name} failed",
+                        severity="error", timeout=15)
+        elif isinstance(event, ev.RunFinished):
+            self.notify(f"test top-1 {event.test_top1:.2f}%", title=f"{handle.run_dir.name} finished")
+        self._set_status(handle, status)
+
+    def _set_status(self, handle: RunHandle, status: str) -> None:
+        if handle.status == status:
+            return
+        handle.status = status
+        try:
+            tab = self.query_one("#runs", TabbedContent).get_tab(handle.run_id)
+        except Exception:  # the tab was closed
+            return
+        tab.label = self._tab_label(handle.run_dir.name, status)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if worker.group != "runs" or event.state != WorkerState.ERROR:
+            return
+        handle = self.handles.get(worker.name)
+        panel = self.panel(worker.name)
+        if handle is None or panel is None:
+            return
+        error = worker.error
+        panel.fail(type(error).__name__, str(error))
+        self._set_status(handle, "failed")
+
+    def focused_handle(self) -> RunHandle | None:
+        active = self.query_one("#runs", TabbedContent).active
+        return self.handles.get(active) if active else None
+
+    # --- actions ------------------------------------------------------------------------------
+
+    def action_new_run(self) -> None:
+        def launch(config: RunConfig | None) -> None:
+            if config is not None:
+                self.launch(config)
+        self.push_screen(PickerScreen(), launch)
+
+    def action_toggle_pause(self) -> None:
+        handle = self.focused_handle()
+        if handle is None or not handle.active:
+            self.notify("No active run in this tab.", severity="warning")
+            return
+        if handle.control.paused:
+            handle.control.resume()
+        else:
+            handle.control.pause()
+
+    def action_stop_run(self) -> None:
+        handle = self.focused_handle()
+        if handle is None or not handle.active:
+            self.notify("No active run in this tab.", severity="warning")
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                handle.control.stop("stopped from the app")
+        self.push_screen(ConfirmScreen(f"Stop {handle.run_dir.name}?\nIt writes a checkpoint first; "
+                                       f"`cifartui resume` continues it later.", yes="Stop"), answer)
+
+    def action_checkpoint(self) -> None:
+        handle = self.focused_handle()
+        if handle is None or not handle.active:
+            self.notify("No active run in this tab.", severity="warning")
+            return
+        handle.control.checkpoint_now()
+        self.notify(f"Checkpoint of {handle.run_dir.name} requested.")
+
+    def action_close_tab(self) -> None:
+        handle = self.focused_handle()
+        if handle is None:
+            return
+        if handle.active:
+            self.notify("Stop the run first (s); its tab stays while it trains.", severity="warning")
+            return
+        self.query_one("#runs", TabbedContent).remove_pane(handle.run_id)
+        del self.handles[handle.run_id]
+        self.call_after_refresh(self._update_welcome)
+
+    def action_history(self) -> None:
+        self.push_screen(HistoryScreen(self.runs_dir))
+
+    def action_compare(self) -> None:
+        paths = list(self.comparison)
+        for handle in self.handles.values():
+            if handle.run_dir not in paths and (handle.run_dir / "config.json").exists():
+                paths.append(handle.run_dir)
+        self.push_screen(CompareScreen(paths))
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def toggle_comparison(self, path: Path) -> None:
+        if path in self.comparison:
+            self.comparison.remove(path)
+            self.notify(f"{path.name} removed from the comparison.")
+        else:
+            self.comparison.append(path)
+            self.notify(f"{path.name} added to the comparison ({len(self.comparison)} runs).")
+
+    def open_run_view(self, path: Path, *, follow: bool) -> None:
+        """Show a run from its metrics.jsonl; with follow, keep reading what another process appends."""
+        for handle in self.handles.values():
+            if handle.run_dir == path:
+                self.query_one("#runs", TabbedContent).active = handle.run_id
+                self.pop_screen()
+                return
+        try:
+            config = read_config(path)
+        except RunDirError as error:
+            self.notify(str(error), severity="error")
+            return
+        handle = RunHandle(self._new_id(), path, config, None, status="following" if follow else "viewing")
+        self.handles[handle.run_id] = handle
+        self.pop_screen()
+        panel = self._add_panel(handle, path.name)
+        self.call_after_refresh(self._tail, handle.run_id)
+        if follow:
+            panel.set_interval(1.0, partial(self._tail, handle.run_id))
+
+    def _tail(self, run_id: str) -> None:
+        handle = self.handles.get(run_id)
+        panel = self.panel(run_id)
+        if handle is None or panel is None:
+            return
+        path = handle.run_dir / "metrics.jsonl"
+        try:
+            with path.open("rb") as stream:
+                stream.seek(handle.tail_offset)
+                chunk = stream.read()
+        except OSError:
+            return
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next read
+        handle.tail_offset += len(complete)
+        import json
+        for line in complete.decode("utf-8", errors="replace").splitlines():
+            try:
+                event = event_from_json(json.loads(line))
+            except ValueError:
+                continue
+            if event is not None:
+                panel.apply(event)
+        keep = "following" if handle.status == "following" and read_status(handle.run_dir).get("status") in (
+            "running", "paused") else None
+        panel.status = keep or (panel.status if panel.status not in ("starting",) else "viewing")
+
+    def resume_run(self, path: Path) -> None:
+        from cifartui.engine.trainer import check_resumable
+        if any(h.run_dir == path and h.active for h in self.handles.values()):
+            self.notify(f"{path.name} is already training here.", severity="warning")
+            return
+        status = read_status(path)
+        if status.get("status") in ("running", "paused"):
+            self.notify(f"{path.name} is being trained by process {status.get('pid')}; follow it with f instead.",
+                        severity="warning")
+            return
+        try:
+            config = read_config(path)
+            check_resumable(path)
+        except (RunDirError, CheckpointError) as error:
+            self.notify(str(error), severity="error", timeout=10)
+            return
+        if status.get("status") == "finished":
+            self.notify(f"{path.name} already finished; `cifartui resume {path} --epochs N` trains it further.",
+                        severity="warning", timeout=10)
+            return
+        if isinstance(self.screen, HistoryScreen):
+            self.pop_screen()
+        self.launch(config, run_dir=path, resume=True)
+
+    def interrupted_runs(self) -> list[Path]:
+        infos, _ = list_runs(self.runs_dir)
+        found = []
+        for info in infos:
+            status = read_status(info.path)
+            reason = str(status.get("reason", ""))
+            if status.get("status") == "interrupted" or (
+                    status.get("status") == "stopped" and reason.startswith("interrupted by")):
+                if (info.path / "checkpoints" / "last.pt").exists():
+                    found.append(info.path)
+        return found
+
+    def _offer_resume(self) -> None:
+        runs = [p for p in self.interrupted_runs() if not any(h.run_dir == p for h in self.handles.values())]
+        if not runs:
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                for path in runs:
+                    self.resume_run(path)
+        self.push_screen(ResumeOfferScreen([p.name for p in runs]), answer)
+
+    # --- leaving ------------------------------------------------------------------------------
+
+    def active_handles(self) -> list[RunHandle]:
+        return [h for h in self.handles.values() if h.active]
+
+    async def action_quit(self) -> None:
+        active = self.active_handles()
+        if not active:
+            self.exit(0)
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.notify(f"Stopping {len(active)} run(s): writing checkpoints…", timeout=SHUTDOWN_WAIT_S)
+                self._stop_all_then_exit("app quit")
+        self.push_screen(ConfirmScreen(f"{len(active)} run(s) are training. Stop them (each writes a checkpoint) "
+                                       "and quit?", yes="Stop and quit"), answer)
+
+    @work(thread=True, group="shutdown", exit_on_error=False)
+    def _stop_all_then_exit(self, reason: str) -> None:
+        self._stop_and_wait(reason)
+        self.call_from_thread(self.exit, 0)
+
+    def _stop_and_wait(self, reason: str) -> None:
+        active = self.active_handles()
+        for handle in active:
+            handle.control.stop(reason)
+        deadline = time.monotonic() + SHUTDOWN_WAIT_S
+        for handle in active:
+            handle.done.wait(max(0.0, deadline - time.monotonic()))
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for name in ("SIGHUP", "SIGTERM"):
+            number = getattr(signal, name, None)
+            if number is not None:
+                loop.add_signal_handler(number, self.handle_terminate_signal, name)
+
+    def handle_terminate_signal(self, name: str) -> None:
+        """The terminal went away (SIGHUP) or we were asked to end (SIGTERM): checkpoint all, leave.
+
+        Runs on the event loop. It blocks it on purpose while the runs write their
+        checkpoints: nothing is left to draw, and the training threads never wait for
+        the screen. A watchdog ends the process if the terminal cannot be restored.
+        """
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        self._stop_and_wait(f"interrupted by {name}")
+        threading.Thread(target=_exit_soon, args=(5.0,), daemon=True, name="cifartui-exit-watchdog").start()
+        self.exit(0)
+
+
+def _exit_soon(seconds: float) -> None:
+    time.sleep(seconds)
+    os._exit(0)
+
+
+def make_app(*, runs_dir: Path | None = None, data_dir: Path | None = None,
+             trainer_factory: TrainerFactory = Trainer, initial: Iterable[RunConfig] = (),
+             offer_resume: bool = True) -> CifarTuiApp:
+    """The app, with the engine swappable for tests."""
+    return CifarTuiApp(runs_dir=runs_dir, data_dir=data_dir, trainer_factory=trainer_factory, initial=initial,
+                       offer_resume=offer_resume)
+
+
+__all__ = ["CifarTuiApp", "make_app", "event_from_json", "read_metrics"]
