@@ -69,6 +69,9 @@ class HistoryScreen(Screen[None]):
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         return self.paths.get(key)
 
+    def on_data_table_row_selected(self, _event: DataTable.RowSelected) -> None:
+        self.action_open()  # enter or a click on a row
+
     def action_open(self) -> None:
         if (path := self._selected()) is not None:
             self.app.open_run_view(path, follow=False)

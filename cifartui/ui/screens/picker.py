@@ -123,8 +123,8 @@ class PickerScreen(ModalScreen[RunConfig | None]):
         base = presets.load(str(self.recipes[self.recipe].path))
         parts = {}
         for part in PARTS:
-            value = self.query_one(f"#part-{part}", Select).value
-            parts[part] = None if value is Select.BLANK else str(value)
+            select = self.query_one(f"#part-{part}", Select)
+            parts[part] = None if select.is_blank() else str(select.value)
         numbers: dict[str, object] = {}
         for key, label, kind in SETTINGS:
             text = self.query_one(f"#set-{key}", Input).value.strip()

@@ -65,6 +65,8 @@ class RunPanel(VerticalScroll):
         self.lr_note = ""
         self.dropout_note = ""
         self._dirty = False
+        self._ready = False
+        self._early: list[ev.Event] = []  # events that arrived before the widgets were mounted
 
     def compose(self) -> ComposeResult:
         with Vertical(id="run-header"):
@@ -93,11 +95,18 @@ class RunPanel(VerticalScroll):
         self.query_one("#alert", Static).display = False
         # The screen is redrawn at a bounded rate, whatever the event rate.
         self.set_interval(0.5, self.redraw)
+        self._ready = True
+        for event in self._early:
+            self.apply(event)
+        self._early.clear()
         self._render_status()
 
     # --- events in ----------------------------------------------------------------------------
 
     def apply(self, event: ev.Event) -> None:
+        if not self._ready:
+            self._early.append(event)
+            return
         handler = getattr(self, f"_on_{type(event).__name__}", None)
         if handler is not None:
             handler(event)
@@ -202,6 +211,9 @@ class RunPanel(VerticalScroll):
         self.fail(event.error_type, event.error)
 
     def fail(self, error_type: str, message: str) -> None:
+        if not self._ready:
+            self._early.append(ev.RunFailed(error=message, error_type=error_type, step=self.step, epoch=self.epoch))
+            return
         if self.status == "failed":
             return
         self.status = "failed"

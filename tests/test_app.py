@@ -1,0 +1,320 @@
+"""Pilot tests of the real app: launch, pause, resume, stop, two runs, compare, failures, NaN, quit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, OptionList
+
+from cifartui.engine import events as ev
+from cifartui.engine.checkpoint import load_checkpoint
+from cifartui.engine.runs import read_status
+from cifartui.ui.app import STATUS_MARK, make_app
+from cifartui.ui.messages import RunEvent
+from cifartui.ui.screens.compare import CompareScreen, differing_settings
+from cifartui.ui.screens.dialogs import ConfirmScreen, ResumeOfferScreen
+from cifartui.ui.screens.history import HistoryScreen
+from cifartui.ui.screens.picker import PickerScreen
+from cifartui.ui.series import BoundedSeries
+from cifartui.ui.widgets.run_panel import RunPanel
+from tests.app_helpers import FailingTrainer, PoisonedTrainer, app_config, run, wait_for
+
+
+def _panel(app, handle) -> RunPanel:  # noqa: ANN001
+    return app.panel(handle.run_id)
+
+
+def test_bounded_series_keeps_memory_flat_and_recent_points_exact() -> None:
+    series = BoundedSeries(limit=100)
+    for step in range(165_000):
+        series.append(step, step * 2.0)
+    assert len(series) <= 100
+    assert series.xs[-1] == 164_999 and series.ys[-1] == 329_998.0  # the newest point is exact
+    assert series.xs[0] == (series.stride - 1) / 2  # the first bucket: the mean of steps 0..stride-1
+    assert series.xs == sorted(series.xs)
+    gaps = [b - a for a, b in zip(series.old_x, series.old_x[1:])]
+    assert max(gaps) <= 2 * min(gaps)  # old buckets are evenly spaced
+    assert series.ys[-50:] == [x * 2.0 for x in range(164_950, 165_000)]
+
+
+def test_step_metrics_messages_coalesce_but_others_never() -> None:
+    step = ev.StepMetrics(step=1, epoch=0, loss=1.0, top1=1.0, lr=0.1, images_per_s=1.0, eta_s=1.0, total_steps=9)
+    epoch = ev.EpochEnded(epoch=0, step=1, train_loss=1.0, train_top1=1.0, val_loss=None, val_top1=None,
+                          val_top5=None, lr=0.1, seconds=1.0)
+    assert RunEvent("a", step).can_replace(RunEvent("a", step))
+    assert not RunEvent("a", step).can_replace(RunEvent("b", step))  # another run's step
+    assert not RunEvent("a", step).can_replace(RunEvent("a", epoch))
+    assert not RunEvent("a", epoch).can_replace(RunEvent("a", epoch))
+
+
+def test_launch_from_the_picker_then_pause_resume_and_stop(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app = make_app(runs_dir=tmp_path / "runs", offer_resume=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("n")
+            await wait_for(pilot, lambda: isinstance(app.screen, PickerScreen))
+            picker = app.screen
+            recipes = picker.query_one("#recipes", OptionList)
+            recipes.highlighted = list(picker.recipes).index("demo-synthetic")
+            await pilot.pause()
+            picker.query_one("#set-epochs").value = "40"
+            picker.query_one("#set-device").value = "cpu"
+            await wait_for(pilot, lambda: "demo-synthetic" not in str(picker.query_one("#preview").render())
+                           or "cnn3" in str(picker.query_one("#preview").render()))
+            assert "synthetic" in str(picker.query_one("#preview").render())
+            await wait_for(pilot, lambda: "parameters" in str(picker.query_one("#model-summary").render()))
+            await pilot.click("#launch")
+            await wait_for(pilot, lambda: len(app.handles) == 1)
+            (handle,) = app.handles.values()
+            assert handle.config.train.epochs == 40
+            panel = _panel(app, handle)
+            await wait_for(pilot, lambda: panel.step > 3, timeout=60)
+
+            await pilot.press("p")
+            took = await wait_for(pilot, lambda: panel.status == "paused")
+            assert took < 1.0, f"pause took {took:.2f}s"
+            assert read_status(handle.run_dir)["status"] == "paused"
+            frozen = panel.step
+            await pilot.pause(0.5)
+            assert panel.step == frozen and handle.status == "paused"
+
+            await pilot.press("p")
+            await wait_for(pilot, lambda: panel.step > frozen + 2)
+            assert panel.status == "running"
+
+            await pilot.press("s")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await wait_for(pilot, lambda: handle.done.is_set() and panel.status == "stopped")
+            state = load_checkpoint(handle.run_dir / "checkpoints" / "last.pt")
+            assert state["progress"]["step"] >= frozen
+            assert str(app.query_one("#runs").get_tab(handle.run_id).label).startswith(STATUS_MARK["stopped"])
+    run(scenario())
+
+
+def test_two_runs_at_once_pausing_one_leaves_the_other_running(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app = make_app(runs_dir=tmp_path / "runs", offer_resume=False, initial=[app_config(), app_config()])
+        async with app.run_test(size=(120, 40)) as pilot:
+            first, second = app.handles.values()
+            await wait_for(pilot, lambda: _panel(app, first).step > 2 and _panel(app, second).step > 2, timeout=60)
+            first.control.pause()
+            await wait_for(pilot, lambda: _panel(app, first).status == "paused")
+            before = _panel(app, second).step
+            await wait_for(pilot, lambda: _panel(app, second).step > before + 3)
+            assert _panel(app, first).status == "paused" and _panel(app, second).status == "running"
+            first.control.stop("test over")
+            second.control.stop("test over")
+            await wait_for(pilot, lambda: first.done.is_set() and second.done.is_set())
+    run(scenario())
+
+
+def test_a_failing_run_shows_advice_and_the_app_and_other_runs_carry_on(tmp_path: Path) -> None:
+    def factory(config, run_dir, **kwargs):  # noqa: ANN001
+        if config.name == "broken":
+            return FailingTrainer(config, run_dir, **kwargs)
+        from cifartui.engine.trainer import Trainer
+        return Trainer(config, run_dir, **kwargs)
+
+    import dataclasses
+    broken = dataclasses.replace(app_config(), name="broken")
+
+    async def scenario() -> None:
+        app = make_app(runs_dir=tmp_path / "runs", offer_resume=False, trainer_factory=factory,
+                       initial=[app_config(), broken])
+        async with app.run_test(size=(120, 40)) as pilot:
+            healthy, failing = app.handles.values()
+            await wait_for(pilot, lambda: _panel(app, failing).status == "failed")
+            alert = _panel(app, failing).alert_text
+            assert "out of memory" in alert and "batch_size" in alert  # the error and what to do
+            before = _panel(app, healthy).step
+            await wait_for(pilot, lambda: _panel(app, healthy).step > before + 3, timeout=60)
+            await pilot.press("question_mark")  # the app still answers keys
+            await wait_for(pilot, lambda: app.screen.__class__.__name__ == "HelpScreen")
+            await pilot.press("escape")
+            assert (failing.run_dir / "error.log").read_text().count("out of memory")
+            healthy.control.stop("test over")
+            await wait_for(pilot, lambda: healthy.done.is_set())
+    run(scenario())
+
+
+def test_non_finite_loss_pauses_the_run_with_an_alert(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app = make_app(runs_dir=tmp_path / "runs", offer_resume=False, trainer_factory=PoisonedTrainer,
+                       initial=[app_config()])
+        async with app.run_test(size=(120, 40)) as pilot:
+            (handle,) = app.handles.values()
+            panel = _panel(app, handle)
+            await wait_for(pilot, lambda: panel.status == "paused", timeout=60)
+            assert "non-finite" in panel.alert_text or "nan" in panel.alert_text
+            assert handle.control.paused
+            assert any("paused" in (n.title or "") for n in app._notifications)
+            await pilot.press("p")  # the user decides to go on
+            await wait_for(pilot, lambda: panel.status == "running" and panel.step > PoisonedTrainer.poison_step + 2)
+            handle.control.stop("test over")
+            await wait_for(pilot, lambda: handle.done.is_set())
+    run(scenario())
+
+
+def test_quit_with_an_active_run_confirms_and_writes_its_checkpoint(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app = make_app(runs_dir=tmp_path / "runs", offer_resume=False, initial=[app_config()])
+        async with app.run_test(size=(100, 30)) as pilot:
+            (handle,) = app.handles.values()
+            await wait_for(pilot, lambda: _panel(app, handle).step > 3, timeout=60)
+            await pilot.press("q")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await wait_for(pilot, lambda: handle.done.is_set())
+        state = load_checkpoint(handle.run_dir / "checkpoints" / "last.pt")
+        status = read_status(handle.run_dir)
+        assert status["status"] == "stopped" and status["reason"] == "app quit"
+        assert state["progress"]["step"] == status["step"]
+    run(scenario())
+
+
+def test_sigterm_checkpoints_every_run_and_next_start_offers_resume(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+
+    async def first_session() -> None:
+        app = make_app(runs_dir=runs, offer_resume=False, initial=[app_config(), app_config()])
+        async with app.run_test(size=(100, 30)) as pilot:
+            handles = list(app.handles.values())
+            await wait_for(pilot, lambda: all(_panel(app, h).step > 2 for h in handles), timeout=60)
+            shown = {h.run_id: _panel(app, h).step for h in handles}
+            app.handle_terminate_signal("SIGTERM")  # what the installed handler calls
+            assert all(h.done.is_set() for h in handles)
+            for h in handles:
+                step = load_checkpoint(h.run_dir / "checkpoints" / "last.pt")["progress"]["step"]
+                assert step >= shown[h.run_id]
+                assert read_status(h.run_dir)["reason"] == "interrupted by SIGTERM"
+
+    async def second_session() -> None:
+        app = make_app(runs_dir=runs)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, ResumeOfferScreen))
+            assert len(app.screen.names) == 2
+            await pilot.press("y")
+            await wait_for(pilot, lambda: len(app.handles) == 2 and all(h.active for h in app.handles.values()))
+            for handle in app.handles.values():
+                await wait_for(pilot, lambda: _panel(app, handle).status == "running", timeout=60)
+                handle.control.stop("test over")
+            await wait_for(pilot, lambda: all(h.done.is_set() for h in app.handles.values()))
+
+    import cifartui.ui.app as app_module
+    exits: list[float] = []
+    original = app_module._exit_soon
+    app_module._exit_soon = lambda seconds: exits.append(seconds)  # the watchdog must not end pytest
+    try:
+        run(first_session())
+    finally:
+        app_module._exit_soon = original
+    assert exits == [5.0]
+    run(second_session())
+
+
+def _finished_run(tmp_path: Path, name: str, lr: float) -> Path:
+    from cifartui.cli import main
+    runs = tmp_path / "runs"
+    before = set(runs.iterdir()) if runs.exists() else set()
+    assert main(["train", "demo-synthetic", "--epochs", "2", "--set", "dataset.train_size=300", "--lr", str(lr),
+                 "--runs-dir", str(runs), "--device", "cpu"]) == 0
+    (new,) = set(runs.iterdir()) - before
+    return new
+
+
+def test_history_opens_a_finished_run_and_compare_ranks_runs(tmp_path: Path) -> None:
+    slow = _finished_run(tmp_path, "slow", 0.0005)
+    fast = _finished_run(tmp_path, "fast", 0.003)
+
+    async def scenario() -> None:
+        app = make_app(runs_dir=tmp_path / "runs", offer_resume=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("h")
+            await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen))
+            table = app.screen.query_one("#runs-table", DataTable)
+            assert table.row_count == 2
+            await pilot.press("a")  # add the highlighted run to the comparison
+            await pilot.press("down", "a")
+            assert set(app.comparison) == {slow, fast}
+            await pilot.press("enter")  # open the second one: its charts come from metrics.jsonl
+            await wait_for(pilot, lambda: len(app.handles) == 1)
+            (handle,) = app.handles.values()
+            panel = _panel(app, handle)
+            await wait_for(pilot, lambda: panel.finished is not None)
+            assert panel.query_one("#epochs-table", DataTable).row_count == 2
+            assert handle.control is None  # viewing only
+
+            await pilot.press("v")
+            await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+            screen = app.screen
+            chart = screen.query_one("#compare-chart")
+            assert set(chart.series) == {slow.name, fast.name}
+            ranking = screen.query_one("#rank-table", DataTable)
+            assert ranking.row_count == 2
+            labels = [str(c.label) for c in ranking.columns.values()]
+            assert "optimizer.lr" in labels  # the one setting that differs is a column
+            best = [json.loads((p / "summary.json").read_text())["best_val_top1"] for p in (slow, fast)]
+            first_row = ranking.get_row_at(0)
+            assert str(first_row[1]) == (slow.name if best[0] >= best[1] else fast.name)
+    run(scenario())
+
+
+def test_differing_settings_ignores_names_and_finds_changes() -> None:
+    a = {"name": "x", "optimizer": {"lr": 0.1, "name": "sgd"}, "train": {"epochs": 3}}
+    b = {"name": "y", "optimizer": {"lr": 0.2, "name": "sgd"}, "train": {"epochs": 3}}
+    assert differing_settings([a, b]) == ["optimizer.lr"]
+
+
+def test_following_a_run_written_by_another_process(tmp_path: Path) -> None:
+    from tests.app_helpers import script
+    runs = tmp_path / "runs"
+    run_dir = runs / "20260101-000000-elsewhere"
+    run_dir.mkdir(parents=True)
+    config = app_config()
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
+    (run_dir / "status.json").write_text(json.dumps({"status": "running", "pid": 1, "host": "elsewhere"}))
+    events = script(run_dir, config)
+    metrics = run_dir / "metrics.jsonl"
+
+    def append(batch) -> None:  # noqa: ANN001
+        with metrics.open("a") as handle:
+            for event in batch:
+                handle.write(json.dumps(event.to_json()) + "\n")
+
+    async def scenario() -> None:
+        append(events[:5])
+        app = make_app(runs_dir=runs, offer_resume=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("h")
+            await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen))
+            await pilot.press("f")
+            await wait_for(pilot, lambda: len(app.handles) == 1)
+            panel = _panel(app, next(iter(app.handles.values())))
+            await wait_for(pilot, lambda: panel.step == 8)
+            with metrics.open("a") as handle:
+                handle.write('{"event": "StepMetrics", "step": 99')  # a line still being written
+            await pilot.pause(1.2)
+            assert panel.step == 8
+            metrics.write_text(metrics.read_text().rsplit("\n", 1)[0] + "\n")
+            append(events[5:])
+            await wait_for(pilot, lambda: panel.finished is not None)
+            assert panel.query_one("#epochs-table", DataTable).row_count == 2
+    run(scenario())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (100, 30), (120, 40)])
+def test_layout_adapts_to_the_terminal(tmp_path: Path, size: tuple[int, int]) -> None:
+    from tests.app_helpers import ScriptedTrainer
+
+    async def scenario() -> None:
+        app = make_app(runs_dir=tmp_path / "runs", offer_resume=False, trainer_factory=ScriptedTrainer,
+                       initial=[app_config()])
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause(0.3)
+            assert app.has_class("narrow") == (size[0] < 100 or size[1] < 30)
+            charts = app.query("MetricChart")
+            assert all(chart.region.width > 0 for chart in charts)
+    run(scenario())
