@@ -314,7 +314,9 @@ def test_layout_adapts_to_the_terminal(tmp_path: Path, size: tuple[int, int]) ->
                        initial=[app_config()])
         async with app.run_test(size=size) as pilot:
             await pilot.pause(0.3)
-            assert app.has_class("narrow") == (size[0] < 100 or size[1] < 30)
-            charts = app.query("MetricChart")
-            assert all(chart.region.width > 0 for chart in charts)
+            assert app.has_class("narrow") == (size[0] < 100) and app.has_class("short") == (size[1] < 30)
+            loss, accuracy = app.query("MetricChart")
+            assert loss.region.width >= 35 and accuracy.region.width >= 35  # side by side, readable
+            assert loss.region.y == accuracy.region.y
+            assert loss.region.bottom <= size[1]  # the charts are on the first screen
     run(scenario())

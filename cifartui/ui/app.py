@@ -127,8 +127,10 @@ class CifarTuiApp(App[int]):
         self._layout_for(event.size.width, event.size.height)
 
     def _layout_for(self, width: int, height: int) -> None:
-        # Below 100x30 charts stack and the panel scrolls; the same widgets, another arrangement.
-        self.set_class(width < 100 or height < 30, "narrow")
+        # The same widgets, arranged for the space: below 100 columns the tables stack,
+        # below 30 rows charts and log shrink; the run panel scrolls for the rest.
+        self.set_class(width < 100, "narrow")
+        self.set_class(height < 30, "short")
 
     def _update_welcome(self) -> None:
         has_tabs = bool(self.handles)

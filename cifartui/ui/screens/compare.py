@@ -48,7 +48,7 @@ class CompareScreen(Screen[None]):
         yield Header()
         yield Select([(label, key) for key, label in METRICS.items()], value=self.metric, allow_blank=False,
                      id="metric")
-        yield MetricChart(METRICS[self.metric], id="compare-chart")
+        yield MetricChart(METRICS[self.metric], id="compare-chart", legend=True)
         yield Static(id="compare-note")
         yield DataTable(id="rank-table", show_cursor=False)
         yield Footer()
@@ -61,7 +61,7 @@ class CompareScreen(Screen[None]):
     def metric_changed(self, event: Select.Changed) -> None:
         self.metric = str(event.value)
         chart = self.query_one("#compare-chart", MetricChart)
-        chart.border_title = METRICS[self.metric]
+        chart.chart_title = METRICS[self.metric]
         self.action_reload()
 
     def action_reload(self) -> None:
@@ -88,7 +88,10 @@ class CompareScreen(Screen[None]):
         differing = differing_settings([row[2] for row in rows])
         table = self.query_one("#rank-table", DataTable)
         table.clear(columns=True)
-        table.add_columns("#", "run", "best val top-1", "test top-1", "epochs", *differing)
+        table.add_column("#")
+        # Styled cells do not widen an auto-sized column, so size the names' column up front.
+        table.add_column("run", width=max([len(row[1].name) for row in rows] + [3]))
+        table.add_columns("best val top-1", "test top-1", "epochs", *differing)
         for rank, (best, run_dir, config, colour, epochs, test) in enumerate(rows, start=1):
             flat = flatten(config)
             cells = [Text(str(flat.get(key)), style="bold yellow") for key in differing]

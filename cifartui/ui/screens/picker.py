@@ -17,7 +17,7 @@ from textual.widgets.option_list import Option
 from cifartui import presets
 from cifartui.config import PARTS, ConfigError, RunConfig
 
-SETTINGS = (("epochs", "epochs", "integer"), ("batch_size", "batch size", "integer"), ("lr", "learning rate", "number"),
+SETTINGS = (("epochs", "epochs", "integer"), ("batch_size", "batch", "integer"), ("lr", "lr", "number"),
             ("device", "device", "text"), ("seed", "seed", "integer"))
 
 
@@ -39,15 +39,15 @@ def describe(config: RunConfig) -> str:
     length = f"{t.max_steps:,} iterations" if t.max_steps else f"{t.epochs} epochs"
     reference = " / ".join(filter(None, [f"top-1 {r.top1:g}%" if r.top1 else "", f"top-5 {r.top5:g}%" if r.top5 else ""]))
     lines = [
-        f"[b]dataset[/]    {dataset}, validation {d.val_fraction:g}",
-        f"[b]model[/]      {m.name}" + (f", {m.activation}" if m.activation != "default" else ""),
-        f"[b]optimizer[/]  {o.name} lr {o.lr:g}" + (f", {options}" if options else "") + f"; schedule {schedule.name}",
-        f"[b]augment[/]    {augment}",
-        f"[b]training[/]   {length}, batch {t.batch_size}, device {t.device}, seed {t.seed}",
+        f"[b]dataset:[/] {dataset}, validation {d.val_fraction:g}",
+        f"[b]model:[/] {m.name}" + (f", {m.activation}" if m.activation != "default" else ""),
+        f"[b]optimizer:[/] {o.name} lr {o.lr:g}" + (f", {options}" if options else "") + f"; schedule {schedule.name}",
+        f"[b]augment:[/] {augment}",
+        f"[b]training:[/] {length}, batch {t.batch_size}, device {t.device}, seed {t.seed}",
     ]
     if config.dropout_schedule:
-        lines.append(f"[b]dropout[/]    {len(config.dropout_schedule)} scheduled changes")
-    lines.append(f"[b]reference[/]  {reference or 'none'}" + (f"  [dim]{r.source}[/]" if r.source else ""))
+        lines.append(f"[b]dropout:[/] {len(config.dropout_schedule)} scheduled changes")
+    lines.append(f"[b]reference:[/] {reference or 'none'}" + (f"  [dim]{r.source}[/]" if r.source else ""))
     return "\n".join(lines)
 
 
@@ -63,7 +63,7 @@ class PickerScreen(ModalScreen[RunConfig | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="picker"):
-            yield Static("[b]New run[/]  pick a recipe, swap any part, adjust the settings, launch", id="picker-title")
+            yield Static("[b]New run[/]: pick a recipe, swap any part, adjust the settings, launch", id="picker-title")
             with Horizontal(id="picker-body"):
                 options = []
                 for name in self.recipes:
@@ -163,7 +163,7 @@ class PickerScreen(ModalScreen[RunConfig | None]):
                 self._summaries[key] = f"[b red]{error}[/]"
             else:
                 layers = ", ".join(f"{row.kind}{list(row.output_shape)}" for row in summary.layers[:6])
-                self._summaries[key] = (f"[b]model summary[/]  {summary.total_parameters:,} parameters, "
+                self._summaries[key] = (f"[b]model summary:[/] {summary.total_parameters:,} parameters, "
                                         f"{len(summary.layers)} layers: {layers}"
                                         + (" …" if len(summary.layers) > 6 else ""))
         self.app.call_from_thread(self.query_one("#model-summary", Static).update, self._summaries[key])

@@ -11,11 +11,20 @@ PALETTE = ("cyan", "magenta", "green", "yellow", "bright_blue", "red", "bright_w
 
 
 class MetricChart(PlotWidget):
-    """Named series plus an optional horizontal target line; redrawn only when asked and dirty."""
+    """Named series plus an optional horizontal target line; redrawn only when asked and dirty.
 
-    def __init__(self, title: str, *, id: str | None = None, limit: int = 600,
-                 legend: LegendLocation = LegendLocation.TOPRIGHT) -> None:
+    Series are named in the border title in their own colours, which costs no plot
+    area; `legend=True` also draws textual-plot's legend box inside the plot.
+    """
+
+    def __init__(self, title: str, *, id: str | None = None, limit: int = 600, legend: bool = False) -> None:
         super().__init__(id=id, allow_pan_and_zoom=False)
+        # Tick labels need a row below and a few columns left; the rest is plot.
+        # set_reactive: no watchers yet, the plot's grid is built from these on mount.
+        self.set_reactive(PlotWidget.margin_top, 0)
+        self.set_reactive(PlotWidget.margin_bottom, 2)
+        self.set_reactive(PlotWidget.margin_left, 7)
+        self.chart_title = title
         self.legend = legend
         self.border_title = title
         self.limit = limit
@@ -61,5 +70,9 @@ class MetricChart(PlotWidget):
         if self.target and all_x:
             value, label = self.target
             self.plot([min(all_x), max(all_x)], [value, value], line_style="yellow", label=label)
-        if all_x:
-            self.show_legend(self.legend)
+        if all_x and self.legend:
+            self.show_legend(LegendLocation.TOPRIGHT)
+        names = [f"[{self.styles_by_name[n]}]{n}[/]" for n in self.series if len(self.series[n])]
+        if self.target and all_x:
+            names.append(f"[yellow]{self.target[1]}[/]")
+        self.border_title = f"{self.chart_title}: " + "  ".join(names) if names else self.chart_title

@@ -10,7 +10,6 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import DataTable, ProgressBar, RichLog, Sparkline, Static
-from textual_plot import LegendLocation
 
 from cifartui.engine import events as ev
 from cifartui.ui.series import BoundedSeries
@@ -75,9 +74,8 @@ class RunPanel(VerticalScroll):
             yield Static(id="alert")
             yield DevicePanel(id="device")
         with Horizontal(classes="charts"):
-            # Legends sit where the curves are not: loss falls, accuracy rises.
-            yield MetricChart("loss", id="loss-chart", legend=LegendLocation.TOPRIGHT)
-            yield MetricChart("accuracy %", id="accuracy-chart", legend=LegendLocation.BOTTOMRIGHT)
+            yield MetricChart("loss", id="loss-chart")
+            yield MetricChart("accuracy %", id="accuracy-chart")
         with Horizontal(classes="lower"):
             with Vertical(classes="schedules"):
                 yield Static("learning rate", id="lr-label")
@@ -100,6 +98,12 @@ class RunPanel(VerticalScroll):
             self.apply(event)
         self._early.clear()
         self._render_status()
+        self.call_after_refresh(self.redraw)
+
+    @property
+    def ready(self) -> bool:
+        """True once the widgets exist; events before that wait and are applied then."""
+        return self._ready
 
     # --- events in ----------------------------------------------------------------------------
 
@@ -112,8 +116,9 @@ class RunPanel(VerticalScroll):
             handler(event)
             self._dirty = True
 
-    def _log(self, text: str, style: str = "") -> None:
-        stamp = time.strftime("%H:%M:%S", time.localtime())
+    def _log(self, when: float, text: str, style: str = "") -> None:
+        # The event's own time: right for live runs, for replayed history and for followed runs.
+        stamp = time.strftime("%H:%M:%S", time.localtime(when))
         line = Text(f"{stamp}  ")
         line.append(text, style=style)
         self.query_one("#event-log", RichLog).write(line)
@@ -130,7 +135,7 @@ class RunPanel(VerticalScroll):
         self._fill_dropout_table()
         summary = event.model_summary
         verb = "resumed" if event.resumed else "started"
-        self._log(f"{verb} on {event.device}: {summary['name']} ({summary['total_parameters']:,} parameters), "
+        self._log(event.time, f"{verb} on {event.device}: {summary['name']} ({summary['total_parameters']:,} parameters), "
                   f"{event.train_size}/{event.val_size}/{event.test_size} train/val/test images")
         self.status = "running"
 
@@ -161,50 +166,50 @@ class RunPanel(VerticalScroll):
         self.step = event.step
 
     def _on_LRChanged(self, event: ev.LRChanged) -> None:
-        self._log(f"step {event.step}: learning rate {event.old:.4g} → {event.new:.4g} ({event.reason})", "yellow")
+        self._log(event.time, f"step {event.step}: learning rate {event.old:.4g} → {event.new:.4g} ({event.reason})", "yellow")
         self.lr_note = f"  [yellow]changed at step {event.step:,}[/]"
 
     def _on_DropoutChanged(self, event: ev.DropoutChanged) -> None:
         changed = [k for k, v in event.new.items() if event.old.get(k) != v]
         self.dropout_rates = dict(event.new)
         self._fill_dropout_table()
-        self._log(f"step {event.step}: dropout changed on {len(changed)} layers "
+        self._log(event.time, f"step {event.step}: dropout changed on {len(changed)} layers "
                   f"(mean {sum(event.old.values()) / max(len(event.old), 1):.3f} → "
                   f"{sum(event.new.values()) / max(len(event.new), 1):.3f})", "yellow")
         self.dropout_note = f"  [yellow]changed at step {event.step:,}[/]"
 
     def _on_CheckpointSaved(self, event: ev.CheckpointSaved) -> None:
         name = event.path.rsplit("/", 1)[-1]
-        self._log(f"step {event.step}: checkpoint {name} ({event.reason})", "dim")
+        self._log(event.time, f"step {event.step}: checkpoint {name} ({event.reason})", "dim")
 
     def _on_CheckpointFailed(self, event: ev.CheckpointFailed) -> None:
         self._alert(event.error)
-        self._log(event.error, "bold red")
+        self._log(event.time, event.error, "bold red")
 
     def _on_RunPaused(self, event: ev.RunPaused) -> None:
         self.status = "paused"
-        self._log(f"paused at step {event.step}: {event.reason}", "bold yellow")
+        self._log(event.time, f"paused at step {event.step}: {event.reason}", "bold yellow")
 
     def _on_RunResumed(self, event: ev.RunResumed) -> None:
         self.status = "running"
         self._clear_alert()
-        self._log(f"resumed at step {event.step}", "green")
+        self._log(event.time, f"resumed at step {event.step}", "green")
 
     def _on_LossNotFinite(self, event: ev.LossNotFinite) -> None:
         self._alert(event.message)
-        self._log(event.message, "bold red")
+        self._log(event.time, event.message, "bold red")
 
     def _on_RunStopped(self, event: ev.RunStopped) -> None:
         self.status = "stopped"
         where = f"checkpoint {event.checkpoint}" if event.checkpoint else "no new checkpoint"
-        self._log(f"stopped at step {event.step} ({event.reason}); {where}", "bold")
+        self._log(event.time, f"stopped at step {event.step} ({event.reason}); {where}", "bold")
 
     def _on_RunFinished(self, event: ev.RunFinished) -> None:
         self.finished = event
         self.status = "finished"
         self.step = event.steps
         reference = f" (reference {self.reference_top1:g}%)" if self.reference_top1 else ""
-        self._log(f"finished: test top-1 {event.test_top1:.2f}%{reference}, top-5 {event.test_top5:.2f}%, "
+        self._log(event.time, f"finished: test top-1 {event.test_top1:.2f}%{reference}, top-5 {event.test_top5:.2f}%, "
                   f"loss {event.test_loss:.4f}", "bold green")
 
     def _on_RunFailed(self, event: ev.RunFailed) -> None:
@@ -218,7 +223,7 @@ class RunPanel(VerticalScroll):
             return
         self.status = "failed"
         self._alert(f"{error_type}: {message}\n{advice_for(error_type, message)}")
-        self._log(f"failed: {error_type}: {message}", "bold red")
+        self._log(time.time(), f"failed: {error_type}: {message}", "bold red")
         self._dirty = True
 
     def _alert(self, text: str) -> None:
