@@ -288,7 +288,7 @@ class ProgressDisplay:
             text = ", ".join(f"{k} {a:.3g}->{b:.3g}" for k, (a, b) in list(changed.items())[:8])
             more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
             self.console.print(f"step {event.step}: dropout {text}{more}", highlight=False, soft_wrap=True)
-        elif isinstance(event, (ev.LossNotFinite, ev.CheckpointFailed)):
+        elif isinstance(event, (ev.LossNotFinite, ev.MemoryExhausted, ev.CheckpointFailed)):
             self.console.print(f"[bold red]{event.message if hasattr(event, 'message') else event.error}[/]",
                                highlight=False, soft_wrap=True)
         elif isinstance(event, ev.RunPaused):

@@ -12,11 +12,14 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+
+import pytest
 
 from cifartui.engine.checkpoint import load_checkpoint
 
@@ -47,7 +50,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def test_run_pause_and_hangup_in_tmux(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ending", ["hangup", "sigterm"])
+def test_run_pause_and_hangup_in_tmux(tmp_path: Path, ending: str) -> None:
     assert shutil.which("tmux"), "tmux is required for this test (.ci/run installs it)"
     session = f"cifartui-test-{uuid.uuid4().hex[:8]}"
     runs = tmp_path / "runs"
@@ -75,6 +79,11 @@ def test_run_pause_and_hangup_in_tmux(tmp_path: Path) -> None:
         resumed = _wait_for_screen(session, r"RUNNING .* step ([\d,]+)/", timeout=10)
         last_shown = int(resumed.group(1).replace(",", ""))
         pid = int(pid_file.read_text())
+        if ending == "sigterm":
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5.0
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
 
@@ -85,7 +94,8 @@ def test_run_pause_and_hangup_in_tmux(tmp_path: Path) -> None:
 
     (run_dir,) = runs.iterdir()
     status = json.loads((run_dir / "status.json").read_text())
-    assert status["status"] == "stopped" and status["reason"] == "interrupted by SIGHUP"
+    assert status["status"] == "stopped"
+    assert status["reason"] == f"interrupted by {'SIGHUP' if ending == 'hangup' else 'SIGTERM'}"
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert state["progress"]["step"] >= last_shown
 

@@ -124,6 +124,13 @@ class LossNotFinite(Event):
 
 
 @dataclass(frozen=True)
+class MemoryExhausted(Event):
+    step: int
+    epoch: int
+    message: str
+
+
+@dataclass(frozen=True)
 class RunStopped(Event):
     step: int
     epoch: int
@@ -154,7 +161,7 @@ class RunFailed(Event):
 
 EVENT_TYPES = {cls.__name__: cls for cls in (
     RunStarted, StepMetrics, EpochEnded, LRChanged, DropoutChanged, CheckpointSaved, CheckpointFailed,
-    RunPaused, RunResumed, LossNotFinite, RunStopped, RunFinished, RunFailed)}
+    RunPaused, RunResumed, LossNotFinite, MemoryExhausted, RunStopped, RunFinished, RunFailed)}
 
 Listener = Callable[[Event], None]
 

@@ -165,6 +165,9 @@ class Trainer:
         """Train in the calling thread. Raises what made the run fail, after RunFailed is out."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+        # A process killed while writing leaves its temporary file; the checkpoint beside it is whole.
+        for stale in (self.run_dir / "checkpoints").glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
         self._metrics_file = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
         try:
             if not self.resume:
@@ -347,12 +350,16 @@ class Trainer:
             self.current_lr = lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if p.step == self._dropout_applied_at:
+            return  # a retried step (after running out of memory) must not apply its events twice
+        self._dropout_applied_at = p.step
         change = self.dropout_schedule.apply_due(p.step)
         if change:
             self._emit(ev.DropoutChanged(step=p.step, epoch=p.epoch, old=change.old, new=change.new))
 
     def _train(self) -> RunResult:
         self._clock = None
+        self._dropout_applied_at = -1
         self._paused_reason = None
         self._setup()
         if self.resume:
@@ -384,17 +391,23 @@ class Trainer:
                 images = self.augment(self.preprocess(self.train_x[index]), self.augment_generator)
                 labels = self.train_y[index]
                 self.model.train()
-                logits = self.model(images)
-                loss = F.cross_entropy(logits, labels, label_smoothing=config.train.label_smoothing)
-                # Sync point: one scalar read per step so that a non-finite loss never reaches
-                # the weights. Free on the CPU; on a GPU it waits for this step's forward pass.
-                loss_value = loss.item()
+                try:
+                    logits = self.model(images)
+                    loss = F.cross_entropy(logits, labels, label_smoothing=config.train.label_smoothing)
+                    # Sync point: one scalar read per step so that a non-finite loss never reaches
+                    # the weights. Free on the CPU; on a GPU it waits for this step's forward pass.
+                    loss_value = loss.item()
+                    if math.isfinite(loss_value):
+                        self.optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        self.optimizer.step()
+                except torch.OutOfMemoryError as error:
+                    images = labels = logits = loss = None
+                    self._out_of_memory(error)
+                    continue  # the same batch again once resumed
                 if not math.isfinite(loss_value):
                     self._non_finite(loss_value)
                 else:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
                     with torch.no_grad():
                         correct = (logits.argmax(1) == labels).sum()
                         stats = torch.stack([loss.detach().double() * len(labels), correct.double(),
@@ -438,6 +451,19 @@ class Trainer:
                    "the weights are unchanged. Lower the learning rate or check the data, then resume or stop.")
         self._emit(ev.LossNotFinite(step=p.step, epoch=p.epoch, loss=value, message=message))
         self._pause(f"non-finite loss: {message}")
+
+    def _out_of_memory(self, error: BaseException) -> None:
+        """Release what the failed step held and pause; resuming retries the same batch."""
+        p = self.progress
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
+        message = (f"out of memory at step {p.step} (batch size {self.config.train.batch_size}): {first_line}. "
+                   "The step was not applied and its memory released. Lower train.batch_size or pick a smaller "
+                   "model, then resume or stop.")
+        self._emit(ev.MemoryExhausted(step=p.step, epoch=p.epoch, message=message))
+        self._pause(f"out of memory: {message}")
 
     def _end_epoch(self, seconds: float) -> None:
         p = self.progress

@@ -210,7 +210,7 @@ class CifarTuiApp(App[int]):
         event = message.event
         panel.apply(event)
         status = panel.status
-        if isinstance(event, ev.LossNotFinite):
+        if isinstance(event, (ev.LossNotFinite, ev.MemoryExhausted)):
             self.bell()
             self.notify(event.message, title=f"{handle.run_dir.name}: paused", severity="error", timeout=15)
         elif isinstance(event, ev.CheckpointFailed):
@@ -442,6 +442,11 @@ class CifarTuiApp(App[int]):
         deadline = time.monotonic() + SHUTDOWN_WAIT_S
         for handle in active:
             handle.done.wait(max(0.0, deadline - time.monotonic()))
+
+    def on_unmount(self) -> None:
+        """However the app ends, no paused or running training thread is left waiting."""
+        for handle in self.active_handles():
+            handle.control.stop("app closed")
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():

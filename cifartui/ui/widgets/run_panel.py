@@ -199,6 +199,10 @@ class RunPanel(VerticalScroll):
         self._alert(event.message)
         self._log(event.time, event.message, "bold red")
 
+    def _on_MemoryExhausted(self, event: ev.MemoryExhausted) -> None:
+        self._alert(event.message)
+        self._log(event.time, event.message, "bold red")
+
     def _on_RunStopped(self, event: ev.RunStopped) -> None:
         self.status = "stopped"
         where = f"checkpoint {event.checkpoint}" if event.checkpoint else "no new checkpoint"

@@ -1,0 +1,324 @@
+"""Faults injected into real runs: kill -9, a full disk, out of memory, fuzzed presets, many runs at once.
+
+These are the short variants; `python benchmarks/faults.py` runs the long ones (100+
+kill -9 trials, a 10-minute load of four runs in the app) and prints the figures that
+the README quotes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cifartui import presets
+from cifartui.cli import main
+from cifartui.config import ConfigError, RunConfig, from_mapping
+from cifartui.engine import events as ev
+from cifartui.engine import trainer as trainer_module
+from cifartui.engine.checkpoint import load_checkpoint
+from cifartui.engine.trainer import RunControl, Trainer
+from tests.conftest import tiny_config
+from tests.test_trainer import Recorder
+
+
+def _wait(condition, timeout: float = 30.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+def test_disk_full_while_checkpointing_pauses_and_keeps_the_previous_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_save = trainer_module.save_checkpoint
+    calls = {"n": 0}
+
+    def disk_fills_on_second_write(state, path):  # noqa: ANN001
+        calls["n"] += 1
+        if calls["n"] == 2:
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            real_save(state, temporary)  # half-written, then:
+            temporary.unlink()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(state, path)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", disk_fills_on_second_write)
+    control, recorder = RunControl(), Recorder()
+    run_dir = tmp_path / "run"
+    trainer = Trainer(tiny_config(epochs=4), run_dir, listeners=[recorder], control=control)
+    thread = trainer.start()
+    _wait(lambda: recorder.of(ev.RunPaused))
+    failed = recorder.of(ev.CheckpointFailed)[0]
+    assert "No space left on device" in failed.error and "previous checkpoint is intact" in failed.error
+    assert "checkpoint failed" in recorder.of(ev.RunPaused)[0].reason
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["progress"]["epoch"] == 1  # the first one
+    assert not list((run_dir / "checkpoints").glob(".*tmp"))
+    control.resume()  # space was freed: carry on
+    thread.join(60)
+    assert trainer.result.status == "finished"
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["progress"]["epoch"] == 4
+
+
+def test_out_of_memory_pauses_with_advice_and_the_run_can_go_on(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    real_build = trainer_module.build_model
+
+    def build(config, classes):  # noqa: ANN001
+        model = real_build(config, classes)
+        original, calls = model.forward, {"n": 0}
+
+        def forward(x):  # noqa: ANN001
+            if model.training:
+                calls["n"] += 1
+                if calls["n"] == 5:
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            return original(x)
+        model.forward = forward
+        return model
+
+    monkeypatch.setattr(trainer_module, "build_model", build)
+    control, recorder = RunControl(), Recorder()
+    trainer = Trainer(tiny_config(epochs=2), tmp_path / "run", listeners=[recorder], control=control)
+    thread = trainer.start()
+    _wait(lambda: recorder.of(ev.RunPaused))
+    (exhausted,) = recorder.of(ev.MemoryExhausted)
+    assert exhausted.step == 4 and "batch_size" in exhausted.message
+    assert all(p.grad is None for p in trainer.model.parameters())  # what the failed step held is released
+    control.resume()
+    thread.join(60)
+    assert trainer.result.status == "finished" and trainer.progress.step == trainer.total_steps
+
+
+def test_stale_temporary_files_are_removed_on_start(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    Trainer(tiny_config(epochs=1), run_dir).run()
+    stale = run_dir / "checkpoints" / ".last.pt.12345.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    config = dataclasses.replace(tiny_config(epochs=2))
+    Trainer(config, run_dir, resume=True).run()
+    assert not stale.exists()
+
+
+KILL_PRESET = """
+[dataset]
+name = "synthetic"
+train_size = 4000
+test_size = 100
+val_fraction = 0.1
+[model]
+name = "cnn3"
+[optimizer]
+name = "sgd"
+lr = 0.03
+momentum = 0.9
+[augment]
+crop_padding = 4
+flip = true
+[train]
+epochs = 2
+batch_size = 32
+device = "cpu"
+checkpoint_minutes = 0.0005  # about every 30 ms, so kills often land mid-write
+"""
+
+
+def _reported_step(runs: Path) -> int:
+    for metrics in runs.glob("*/metrics.jsonl"):
+        steps = [int(line.split('"step": ')[1].split(",")[0]) for line in metrics.read_text().splitlines()
+                 if line.startswith('{"event": "StepMetrics"') and line.endswith("}")]
+        return max(steps, default=0)
+    return 0
+
+
+def kill_trial(preset: Path, runs: Path, after_step: int, extra_delay: float, reference: dict) -> dict:
+    """Start a run, SIGKILL it once it reports `after_step` (plus a delay), resume it; compare."""
+    command = [sys.executable, "-m", "cifartui.cli", "train", str(preset), "--runs-dir", str(runs)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _reported_step(runs) < after_step and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(extra_delay)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    (run_dir,) = list(runs.iterdir())
+    partial = list((run_dir / "checkpoints").glob(".*.tmp")) if (run_dir / "checkpoints").exists() else []
+    last = run_dir / "checkpoints" / "last.pt"
+    result = {"killed_mid_write": bool(partial), "had_checkpoint": last.exists(), "identical": None,
+              "finished_before_kill": (run_dir / "summary.json").exists()}
+    if not last.exists():
+        return result  # killed before the first checkpoint: nothing to resume, nothing lost
+    result["checkpoint_step"] = load_checkpoint(last)["progress"]["step"]  # always loads
+    resumed = subprocess.run([sys.executable, "-m", "cifartui.cli", "resume", str(run_dir)],
+                             capture_output=True, text=True)
+    if resumed.returncode != 0 and "already finished" in resumed.stderr:
+        final = load_checkpoint(last)
+    else:
+        assert resumed.returncode == 0, resumed.stderr
+        final = load_checkpoint(last)
+    result["identical"] = all(torch.equal(final["model"][k], reference["model"][k]) for k in reference["model"])
+    return result
+
+
+def test_kill_9_during_training_and_checkpoint_writes(tmp_path: Path) -> None:
+    preset = tmp_path / "kill.toml"
+    preset.write_text(KILL_PRESET)
+    reference_runs = tmp_path / "reference"
+    subprocess.run([sys.executable, "-m", "cifartui.cli", "train", str(preset), "--runs-dir", str(reference_runs)],
+                   check=True, capture_output=True)
+    (reference_dir,) = list(reference_runs.iterdir())
+    reference = load_checkpoint(reference_dir / "checkpoints" / "last.pt")
+    for trial, after_step in enumerate((40, 150)):  # mid-epoch 1, then mid-epoch 2 (113 steps per epoch)
+        result = kill_trial(preset, tmp_path / f"trial{trial}", after_step, 0.0, reference)
+        assert result["had_checkpoint"] and not result["finished_before_kill"], result
+        assert result["checkpoint_step"] < reference["progress"]["step"]
+        assert result["identical"], result
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value) if value == value and abs(value) != float("inf") else "nan"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+
+
+KEYS = ["name", "lr", "epochs", "batch_size", "val_fraction", "preprocess", "momentum", "rates", "preset",
+        "classes", "dropout", "flip", "unit", "milestones", "nonsense"]
+SCALARS = st.one_of(st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=False),
+                    st.text(max_size=12))
+VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=4))
+TABLES = st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=5)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(["dataset", "model", "optimizer", "augment", "train", "reference",
+                                        "description", "name"]), st.one_of(TABLES, VALUES), max_size=5))
+def test_fuzzed_preset_values_are_accepted_or_refused_cleanly(tmp_path: Path, document: dict) -> None:
+    lines, tables = [], []
+    for key, value in document.items():
+        if isinstance(value, dict):
+            tables.append(f"[{key}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in value.items()))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}\n")
+    path = tmp_path / "fuzz.toml"
+    path.write_text("".join(lines) + "".join(tables))
+    try:
+        presets.load(str(path))
+    except ConfigError as error:
+        assert str(path) in str(error) or "preset" in str(error)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300))
+def test_fuzzed_preset_bytes_never_raise_anything_but_config_errors(tmp_path: Path, raw: bytes) -> None:
+    path = tmp_path / "bytes.toml"
+    path.write_bytes(raw)
+    try:
+        presets.load(str(path))
+    except ConfigError as error:
+        assert str(path) in str(error)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), st.recursive(SCALARS, lambda c: st.lists(c, max_size=3)
+                                                         | st.dictionaries(st.text(max_size=5), c, max_size=3)),
+                       max_size=6))
+def test_fuzzed_plain_data_only_ever_raises_config_error(data: dict) -> None:
+    try:
+        from_mapping(RunConfig, data, "fuzz")
+    except ConfigError:
+        pass
+
+
+def test_broken_preset_via_cli_exits_2_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_bytes(b"[train]\nepochs = \x00\x01")
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "broken.toml" in err.replace("\n", "")
+
+
+def test_in_the_app_a_full_disk_and_oom_pause_their_run_and_the_others_go_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cifartui.ui.app import make_app
+    from tests.app_helpers import app_config, run, wait_for
+
+    real_save = trainer_module.save_checkpoint
+
+    def save(state, path):  # noqa: ANN001
+        if path.parent.parent.name.endswith("-disk"):  # the run named "disk" has no space left
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(state, path)
+
+    class OutOfMemoryTrainer(Trainer):
+        def _setup(self) -> None:
+            super()._setup()
+            original, failed = self.model.forward, []
+
+            def forward(x):  # noqa: ANN001
+                if self.model.training and self.progress.step == 3 and not failed:
+                    failed.append(True)
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+                return original(x)
+            self.model.forward = forward
+
+    def factory(config, run_dir, **kwargs):  # noqa: ANN001
+        return (OutOfMemoryTrainer if config.name == "oom" else Trainer)(config, run_dir, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save)
+    configs = [dataclasses.replace(app_config(epochs=3), name=name) for name in ("disk", "oom", "healthy")]
+
+    async def scenario() -> None:
+        app = make_app(runs_dir=tmp_path / "runs", offer_resume=False, trainer_factory=factory, initial=configs)
+        async with app.run_test(size=(120, 40)) as pilot:
+            disk, oom, healthy = app.handles.values()
+            await wait_for(pilot, lambda: app.panel(disk.run_id).status == "paused", timeout=60)
+            await wait_for(pilot, lambda: app.panel(oom.run_id).status == "paused", timeout=60)
+            assert "No space left" in app.panel(disk.run_id).alert_text
+            assert "out of memory" in app.panel(oom.run_id).alert_text
+            assert "batch_size" in app.panel(oom.run_id).alert_text
+            await wait_for(pilot, lambda: healthy.done.is_set() and app.panel(healthy.run_id).status == "finished",
+                           timeout=120)
+            oom.control.resume()  # memory was freed elsewhere: the same batch runs again
+            await wait_for(pilot, lambda: oom.done.is_set(), timeout=120)
+            assert app.panel(oom.run_id).status == "finished"
+            disk.control.stop("test over")
+            await wait_for(pilot, lambda: disk.done.is_set())
+    run(scenario())
+
+
+def test_four_runs_in_the_app_keep_training_and_the_ui_keeps_answering(tmp_path: Path) -> None:
+    from cifartui.ui.app import make_app
+    from cifartui.ui.screens.dialogs import HelpScreen
+    from tests.app_helpers import app_config, run, wait_for
+
+    async def scenario() -> None:
+        app = make_app(runs_dir=tmp_path / "runs", offer_resume=False, initial=[app_config(epochs=200)] * 4)
+        async with app.run_test(size=(120, 40)) as pilot:
+            handles = list(app.handles.values())
+            await wait_for(pilot, lambda: all(app.panel(h.run_id).step > 2 for h in handles), timeout=60)
+            for _ in range(3):
+                before = {h.run_id: app.panel(h.run_id).step for h in handles}
+                await pilot.press("question_mark")
+                await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), timeout=10)
+                await pilot.press("escape")
+                await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen), timeout=10)
+                await wait_for(pilot, lambda: all(app.panel(h.run_id).step > before[h.run_id] for h in handles),
+                               timeout=30)
+            for handle in handles:
+                handle.control.stop("test over")
+            await wait_for(pilot, lambda: all(h.done.is_set() for h in handles), timeout=30)
+    run(scenario())
