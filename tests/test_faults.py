@@ -10,9 +10,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,6 +25,7 @@ from cifartui.engine import events as ev
 from cifartui.engine import trainer as trainer_module
 from cifartui.engine.checkpoint import load_checkpoint
 from cifartui.engine.trainer import RunControl, Trainer
+from benchmarks.faults import KILL_PRESET, kill_trial, reference_run
 from tests.conftest import tiny_config
 from tests.test_trainer import Recorder
 
@@ -110,74 +108,10 @@ def test_stale_temporary_files_are_removed_on_start(tmp_path: Path) -> None:
     assert not stale.exists()
 
 
-KILL_PRESET = """
-[dataset]
-name = "synthetic"
-train_size = 4000
-test_size = 100
-val_fraction = 0.1
-[model]
-name = "cnn3"
-[optimizer]
-name = "sgd"
-lr = 0.03
-momentum = 0.9
-[augment]
-crop_padding = 4
-flip = true
-[train]
-epochs = 2
-batch_size = 32
-device = "cpu"
-checkpoint_minutes = 0.0005  # about every 30 ms, so kills often land mid-write
-"""
-
-
-def _reported_step(runs: Path) -> int:
-    for metrics in runs.glob("*/metrics.jsonl"):
-        steps = [int(line.split('"step": ')[1].split(",")[0]) for line in metrics.read_text().splitlines()
-                 if line.startswith('{"event": "StepMetrics"') and line.endswith("}")]
-        return max(steps, default=0)
-    return 0
-
-
-def kill_trial(preset: Path, runs: Path, after_step: int, extra_delay: float, reference: dict) -> dict:
-    """Start a run, SIGKILL it once it reports `after_step` (plus a delay), resume it; compare."""
-    command = [sys.executable, "-m", "cifartui.cli", "train", str(preset), "--runs-dir", str(runs)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while _reported_step(runs) < after_step and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    time.sleep(extra_delay)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    (run_dir,) = list(runs.iterdir())
-    partial = list((run_dir / "checkpoints").glob(".*.tmp")) if (run_dir / "checkpoints").exists() else []
-    last = run_dir / "checkpoints" / "last.pt"
-    result = {"killed_mid_write": bool(partial), "had_checkpoint": last.exists(), "identical": None,
-              "finished_before_kill": (run_dir / "summary.json").exists()}
-    if not last.exists():
-        return result  # killed before the first checkpoint: nothing to resume, nothing lost
-    result["checkpoint_step"] = load_checkpoint(last)["progress"]["step"]  # always loads
-    resumed = subprocess.run([sys.executable, "-m", "cifartui.cli", "resume", str(run_dir)],
-                             capture_output=True, text=True)
-    if resumed.returncode != 0 and "already finished" in resumed.stderr:
-        final = load_checkpoint(last)
-    else:
-        assert resumed.returncode == 0, resumed.stderr
-        final = load_checkpoint(last)
-    result["identical"] = all(torch.equal(final["model"][k], reference["model"][k]) for k in reference["model"])
-    return result
-
-
 def test_kill_9_during_training_and_checkpoint_writes(tmp_path: Path) -> None:
     preset = tmp_path / "kill.toml"
     preset.write_text(KILL_PRESET)
-    reference_runs = tmp_path / "reference"
-    subprocess.run([sys.executable, "-m", "cifartui.cli", "train", str(preset), "--runs-dir", str(reference_runs)],
-                   check=True, capture_output=True)
-    (reference_dir,) = list(reference_runs.iterdir())
-    reference = load_checkpoint(reference_dir / "checkpoints" / "last.pt")
+    reference = reference_run(preset, tmp_path / "reference")
     for trial, after_step in enumerate((40, 150)):  # mid-epoch 1, then mid-epoch 2 (113 steps per epoch)
         result = kill_trial(preset, tmp_path / f"trial{trial}", after_step, 0.0, reference)
         assert result["had_checkpoint"] and not result["finished_before_kill"], result

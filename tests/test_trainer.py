@@ -16,7 +16,7 @@ from cifartui.engine import trainer as trainer_module
 from cifartui.engine.checkpoint import load_checkpoint
 from cifartui.engine.runs import read_metrics, read_status
 from cifartui.engine.trainer import RunControl, Trainer
-from tests.conftest import tiny_config, with_train
+from tests.conftest import tiny_config
 
 
 class Recorder:

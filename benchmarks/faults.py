@@ -1,0 +1,234 @@
+"""Long fault runs: many kill -9 trials, and four runs in the app under load for minutes.
+
+    python benchmarks/faults.py [--kill-trials 100] [--soak-minutes 10] [--json FILE]
+
+Kill trials: a small real run (`cifartui train`, checkpoints about every 30 ms) is
+killed with SIGKILL once it reports a random step, plus a random delay, so kills land
+during training and during checkpoint writes. Each time the last checkpoint must load
+and the resumed run must end with weights bit-identical to an uninterrupted run.
+
+Soak: the app (headless, through Textual's Pilot) trains four runs at once; every 10 s
+it measures how long a key takes to open the help screen, whether every run advanced,
+and the process's resident memory.
+
+Prints a Markdown table; the README's figures come from this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+KILL_PRESET = """
+[dataset]
+name = "synthetic"
+train_size = 4000
+test_size = 100
+val_fraction = 0.1
+[model]
+name = "cnn3"
+[optimizer]
+name = "sgd"
+lr = 0.03
+momentum = 0.9
+[augment]
+crop_padding = 4
+flip = true
+[train]
+epochs = 2
+batch_size = 32
+device = "cpu"
+checkpoint_minutes = 0.0005  # about every 30 ms, so kills often land mid-write
+"""
+
+
+def _load(path: Path) -> dict:
+    from cifartui.engine.checkpoint import load_checkpoint
+    return load_checkpoint(path)
+
+
+def reported_step(runs: Path) -> int:
+    for metrics in runs.glob("*/metrics.jsonl"):
+        steps = [int(line.split('"step": ')[1].split(",")[0]) for line in metrics.read_text().splitlines()
+                 if line.startswith('{"event": "StepMetrics"') and line.endswith("}")]
+        return max(steps, default=0)
+    return 0
+
+
+def reference_run(preset: Path, runs: Path) -> dict:
+    subprocess.run([sys.executable, "-m", "cifartui.cli", "train", str(preset), "--runs-dir", str(runs)],
+                   check=True, capture_output=True)
+    (run_dir,) = list(runs.iterdir())
+    return _load(run_dir / "checkpoints" / "last.pt")
+
+
+def kill_trial(preset: Path, runs: Path, after_step: int, extra_delay: float, reference: dict) -> dict:
+    """Start a run, SIGKILL it once it reports `after_step` (plus a delay), resume it; compare."""
+    command = [sys.executable, "-m", "cifartui.cli", "train", str(preset), "--runs-dir", str(runs)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while reported_step(runs) < after_step and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(extra_delay)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    (run_dir,) = list(runs.iterdir())
+    checkpoints = run_dir / "checkpoints"
+    partial = list(checkpoints.glob(".*.tmp")) if checkpoints.exists() else []
+    last = checkpoints / "last.pt"
+    result = {"killed_mid_write": bool(partial), "had_checkpoint": last.exists(), "identical": None,
+              "finished_before_kill": (run_dir / "summary.json").exists(), "loaded": None}
+    if not last.exists():
+        return result  # killed before the first checkpoint: nothing to resume, nothing lost
+    try:
+        result["checkpoint_step"] = _load(last)["progress"]["step"]
+        result["loaded"] = True
+    except Exception as error:  # reported, never hidden
+        result["loaded"] = False
+        result["error"] = str(error)
+        return result
+    resumed = subprocess.run([sys.executable, "-m", "cifartui.cli", "resume", str(run_dir)],
+                             capture_output=True, text=True)
+    if resumed.returncode != 0 and "already finished" not in resumed.stderr:
+        result["error"] = resumed.stderr[-500:]
+        result["identical"] = False
+        return result
+    final = _load(last)
+    result["identical"] = all(torch.equal(final["model"][k], reference["model"][k]) for k in reference["model"])
+    return result
+
+
+def kill_trials(count: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        preset = root / "kill.toml"
+        preset.write_text(KILL_PRESET)
+        reference = reference_run(preset, root / "reference")
+        total = reference["progress"]["step"]
+        results = []
+        for trial in range(count):
+            after = rng.randrange(1, total)
+            result = kill_trial(preset, root / f"trial{trial}", after, rng.uniform(0.0, 0.05), reference)
+            results.append(result)
+            print(f"  trial {trial + 1}/{count}: after step {after}: {result}", file=sys.stderr)
+    with_checkpoint = [r for r in results if r["had_checkpoint"]]
+    return {
+        "trials": count,
+        "total_steps": total,
+        "killed_mid_checkpoint_write": sum(r["killed_mid_write"] for r in results),
+        "killed_before_first_checkpoint": sum(not r["had_checkpoint"] for r in results),
+        "finished_before_kill": sum(r["finished_before_kill"] for r in results),
+        "last_checkpoint_loaded": sum(bool(r["loaded"]) for r in with_checkpoint),
+        "with_checkpoint": len(with_checkpoint),
+        "resumed_bit_identical": sum(bool(r["identical"]) for r in with_checkpoint),
+    }
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def soak(minutes: float) -> dict:
+    import dataclasses
+
+    from cifartui.config import DatasetConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig
+    from cifartui.ui.app import make_app
+    from cifartui.ui.screens.dialogs import HelpScreen
+
+    config = RunConfig(
+        name="soak", dataset=DatasetConfig(name="synthetic", train_size=2000, test_size=200, val_fraction=0.1),
+        model=ModelConfig(name="cnn3"), optimizer=OptimizerConfig(name="sgd", lr=0.01, momentum=0.9),
+        train=TrainConfig(epochs=100000, batch_size=64, device="cpu", checkpoint_minutes=1.0))
+    samples: list[dict] = []
+
+    async def scenario(runs_dir: Path) -> None:
+        app = make_app(runs_dir=runs_dir, offer_resume=False,
+                       initial=[dataclasses.replace(config, train=dataclasses.replace(config.train, seed=i))
+                                for i in range(4)])
+        async with app.run_test(size=(120, 40)) as pilot:
+            handles = list(app.handles.values())
+            started = time.monotonic()
+            last_steps = {h.run_id: 0 for h in handles}
+            while time.monotonic() - started < minutes * 60:
+                await pilot.pause(10.0)
+                pressed = time.monotonic()
+                await pilot.press("question_mark")
+                while not isinstance(app.screen, HelpScreen):
+                    await pilot.pause(0.005)
+                latency = time.monotonic() - pressed
+                await pilot.press("escape")
+                steps = {h.run_id: app.panel(h.run_id).step for h in handles}
+                samples.append({"t": round(time.monotonic() - started, 1), "key_latency_ms": latency * 1000,
+                                "rss_mib": _rss_mib(),
+                                "all_advanced": all(steps[k] > last_steps[k] for k in steps),
+                                "steps": sum(steps.values())})
+                last_steps = steps
+                print(f"  soak: {samples[-1]}", file=sys.stderr)
+            for handle in handles:
+                handle.control.stop("soak over")
+            while not all(h.done.is_set() for h in handles):
+                await pilot.pause(0.1)
+
+    with tempfile.TemporaryDirectory() as folder:
+        asyncio.run(scenario(Path(folder) / "runs"))
+    latencies = [s["key_latency_ms"] for s in samples]
+    rss = [s["rss_mib"] for s in samples]
+    early = rss[min(5, len(rss) - 1)]  # after the first minute, once caches have filled
+    return {"minutes": minutes, "samples": len(samples), "runs": 4,
+            "every_run_advanced_every_sample": all(s["all_advanced"] for s in samples),
+            "key_latency_ms_median": statistics.median(latencies), "key_latency_ms_max": max(latencies),
+            "rss_mib_after_1_min": early, "rss_mib_end": rss[-1], "rss_mib_max": max(rss),
+            "total_steps": samples[-1]["steps"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kill-trials", type=int, default=100)
+    parser.add_argument("--soak-minutes", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+                         f"torch {torch.__version__}"}
+    if args.kill_trials:
+        report["kill"] = kill_trials(args.kill_trials, args.seed)
+    if args.soak_minutes:
+        report["soak"] = soak(args.soak_minutes)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"Machine: {report['machine']}\n")
+    if "kill" in report:
+        k = report["kill"]
+        print("| kill -9 trials | killed mid-checkpoint-write | before first checkpoint | last checkpoint loaded "
+              "| resumed bit-identical |")
+        print("| --- | --- | --- | --- | --- |")
+        print(f"| {k['trials']} | {k['killed_mid_checkpoint_write']} | {k['killed_before_first_checkpoint']} | "
+              f"{k['last_checkpoint_loaded']}/{k['with_checkpoint']} | "
+              f"{k['resumed_bit_identical']}/{k['with_checkpoint']} |\n")
+    if "soak" in report:
+        s = report["soak"]
+        print("| soak | samples | every run advanced | key latency median / max | RSS after 1 min / end / max |")
+        print("| --- | --- | --- | --- | --- |")
+        print(f"| {s['runs']} runs, {s['minutes']:g} min | {s['samples']} | {s['every_run_advanced_every_sample']} | "
+              f"{s['key_latency_ms_median']:.0f} / {s['key_latency_ms_max']:.0f} ms | "
+              f"{s['rss_mib_after_1_min']:.0f} / {s['rss_mib_end']:.0f} / {s['rss_mib_max']:.0f} MiB |")
+
+
+if __name__ == "__main__":
+    main()
