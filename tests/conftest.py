@@ -16,6 +16,12 @@ from cifartui.config import (AugmentConfig, DatasetConfig, ModelConfig, Optimize
                              TrainConfig)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("cifartui long fault variants")
+    group.addoption("--kill-trials", type=int, default=2,
+                    help="kill -9 trials in test_faults (default 2; the long variant is 100)")
+
+
 @pytest.fixture(autouse=True)
 def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads or writes the user's cache, config or ./runs."""

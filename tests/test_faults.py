@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import random
 import time
 from pathlib import Path
 
@@ -108,15 +109,23 @@ def test_stale_temporary_files_are_removed_on_start(tmp_path: Path) -> None:
     assert not stale.exists()
 
 
-def test_kill_9_during_training_and_checkpoint_writes(tmp_path: Path) -> None:
+def test_kill_9_during_training_and_checkpoint_writes(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     preset = tmp_path / "kill.toml"
     preset.write_text(KILL_PRESET)
     reference = reference_run(preset, tmp_path / "reference")
-    for trial, after_step in enumerate((40, 150)):  # mid-epoch 1, then mid-epoch 2 (113 steps per epoch)
-        result = kill_trial(preset, tmp_path / f"trial{trial}", after_step, 0.0, reference)
-        assert result["had_checkpoint"] and not result["finished_before_kill"], result
-        assert result["checkpoint_step"] < reference["progress"]["step"]
-        assert result["identical"], result
+    total = reference["progress"]["step"]
+    trials = request.config.getoption("--kill-trials")
+    # Mid-epoch 1 and mid-epoch 2 (113 steps per epoch), then random moments for longer variants.
+    rng = random.Random(0)
+    moments = [(40, 0.0), (150, 0.0)] + [(rng.randrange(1, total), rng.uniform(0, 0.05)) for _ in range(trials)]
+    for trial, (after_step, delay) in enumerate(moments[:trials]):
+        result = kill_trial(preset, tmp_path / f"trial{trial}", after_step, delay, reference)
+        if trial < 2:
+            assert result["had_checkpoint"] and not result["finished_before_kill"], result
+            assert result["checkpoint_step"] < total
+        if result["had_checkpoint"]:
+            assert result["loaded"], result
+            assert result["identical"], result
 
 
 def _toml_value(value: object) -> str:
