@@ -49,7 +49,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cifartui", description="Train CNNs on CIFAR-10/100: presets that reproduce published experiments.")
+        prog="cifartui", description="Train CNNs on CIFAR-10/100: presets that reproduce published experiments. "
+        "With no command, opens the interactive app.")
     parser.add_argument("--runs-dir", type=Path, help="where the app keeps and finds runs (default ./runs or "
                         "$CIFARTUI_RUNS)")
     parser.add_argument("--data-dir", type=Path, help="where CIFAR lives or is downloaded")
