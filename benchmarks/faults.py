@@ -149,6 +149,9 @@ def soak(minutes: float) -> dict:
 
     from cifartui.config import DatasetConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig
     from cifartui.ui.app import make_app
+    from textual import events
+    from textual.widgets import Button
+
     from cifartui.ui.screens.dialogs import HelpScreen
 
     config = RunConfig(
@@ -166,13 +169,17 @@ def soak(minutes: float) -> dict:
             started = time.monotonic()
             last_steps = {h.run_id: 0 for h in handles}
             while time.monotonic() - started < minutes * 60:
-                await pilot.pause(10.0)
+                await asyncio.sleep(10.0)
+                # A key as the terminal delivers it; answered once the help screen is laid out.
                 pressed = time.monotonic()
-                await pilot.press("question_mark")
-                while not isinstance(app.screen, HelpScreen):
-                    await pilot.pause(0.005)
+                app.post_message(events.Key("question_mark", "?"))
+                while not (isinstance(app.screen, HelpScreen) and app.screen.query(Button)
+                           and app.screen.query_one(Button).region.area):
+                    await asyncio.sleep(0.002)
                 latency = time.monotonic() - pressed
-                await pilot.press("escape")
+                app.post_message(events.Key("escape", None))
+                while isinstance(app.screen, HelpScreen):
+                    await asyncio.sleep(0.01)
                 steps = {h.run_id: app.panel(h.run_id).step for h in handles}
                 samples.append({"t": round(time.monotonic() - started, 1), "key_latency_ms": latency * 1000,
                                 "rss_mib": _rss_mib(),

@@ -123,6 +123,11 @@ class CifarTuiApp(App[int]):
         if self.offer_resume:
             self.call_after_refresh(self._offer_resume)
 
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        panel = self.panel(event.pane.id or "")
+        if panel is not None:
+            panel.call_after_refresh(panel.redraw)  # catch up on what arrived while hidden
+
     def on_resize(self, event: Any) -> None:
         self._layout_for(event.size.width, event.size.height)
 

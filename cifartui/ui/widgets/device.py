@@ -39,7 +39,11 @@ class DevicePanel(Static):
 
     def on_mount(self) -> None:
         self.update_report()
-        self.set_interval(3.0, self.update_report)
+        self.set_interval(3.0, self.refresh_if_shown)
 
     def update_report(self) -> None:
         self.update(device_report(self.device))
+
+    def refresh_if_shown(self) -> None:
+        if self.is_on_screen:  # a panel in a hidden tab need not ask the driver
+            self.update_report()

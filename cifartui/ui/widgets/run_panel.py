@@ -87,6 +87,8 @@ class RunPanel(VerticalScroll):
         yield RichLog(id="event-log", max_lines=500, wrap=True, markup=True)
 
     def on_mount(self) -> None:
+        self.loss_chart = self.query_one("#loss-chart", MetricChart)
+        self.accuracy_chart = self.query_one("#accuracy-chart", MetricChart)
         self.query_one("#epochs-table", DataTable).add_columns(
             "epoch", "train loss", "train top-1", "val loss", "val top-1", "val top-5", "lr", "time")
         self.query_one("#dropout-table", DataTable).add_columns("layer", "rate")
@@ -143,8 +145,8 @@ class RunPanel(VerticalScroll):
         self.last_step_event = event
         self.step, self.epoch, self.total_steps = event.step, event.epoch, event.total_steps
         self.images_per_s, self.eta_s = event.images_per_s, event.eta_s
-        self.query_one("#loss-chart", MetricChart).add_point("train", event.step, event.loss, "cyan")
-        self.query_one("#accuracy-chart", MetricChart).add_point("train top-1", event.step, event.top1, "cyan")
+        self.loss_chart.add_point("train", event.step, event.loss, "cyan")
+        self.accuracy_chart.add_point("train top-1", event.step, event.top1, "cyan")
         self.lr_history.append(event.step, event.lr)
         if self.dropout_rates:
             self.dropout_history.append(event.step, sum(self.dropout_rates.values()) / len(self.dropout_rates))
@@ -152,8 +154,7 @@ class RunPanel(VerticalScroll):
             self.status = "running"
 
     def _on_EpochEnded(self, event: ev.EpochEnded) -> None:
-        loss_chart = self.query_one("#loss-chart", MetricChart)
-        accuracy_chart = self.query_one("#accuracy-chart", MetricChart)
+        loss_chart, accuracy_chart = self.loss_chart, self.accuracy_chart
         if event.val_loss is not None:
             loss_chart.add_point("val", event.step, event.val_loss, "magenta")
             accuracy_chart.add_point("val top-1", event.step, event.val_top1, "magenta")
@@ -268,7 +269,8 @@ class RunPanel(VerticalScroll):
         bar.update(total=max(self.total_steps, 1), progress=self.step)
 
     def redraw(self) -> None:
-        if not self._dirty:
+        # Panels in hidden tabs wait: they stay dirty and catch up when shown.
+        if not self._dirty or not self.is_on_screen:
             return
         self._dirty = False
         self._render_status()
