@@ -17,6 +17,9 @@ from cifartui.ui.widgets.charts import MetricChart
 from cifartui.ui.widgets.device import DevicePanel
 
 SPARK_POINTS = 120
+# The screen shows the latest epochs and events; the whole history is in metrics.jsonl.
+EPOCH_ROWS = 200
+LOG_LINES = 300
 
 
 def _duration(seconds: float) -> str:
@@ -84,7 +87,7 @@ class RunPanel(VerticalScroll):
                 yield Sparkline([], id="dropout-spark")
                 yield DataTable(id="dropout-table", show_cursor=False)
             yield DataTable(id="epochs-table", show_cursor=False)
-        yield RichLog(id="event-log", max_lines=500, wrap=True, markup=True)
+        yield RichLog(id="event-log", max_lines=LOG_LINES, wrap=True, markup=True)
 
     def on_mount(self) -> None:
         self.loss_chart = self.query_one("#loss-chart", MetricChart)
@@ -159,7 +162,10 @@ class RunPanel(VerticalScroll):
             loss_chart.add_point("val", event.step, event.val_loss, "magenta")
             accuracy_chart.add_point("val top-1", event.step, event.val_top1, "magenta")
             accuracy_chart.add_point("val top-5", event.step, event.val_top5, "green")
-        self.query_one("#epochs-table", DataTable).add_row(
+        table = self.query_one("#epochs-table", DataTable)
+        if table.row_count >= EPOCH_ROWS:
+            table.remove_row(next(iter(table.rows)))
+        table.add_row(
             str(event.epoch + 1), f"{event.train_loss:.4f}", f"{event.train_top1:.2f}",
             "-" if event.val_loss is None else f"{event.val_loss:.4f}",
             "-" if event.val_top1 is None else f"{event.val_top1:.2f}",
