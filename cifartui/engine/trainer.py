@@ -134,6 +134,7 @@ class _Progress:
     best_val_top1: float | None = None
     train_seconds: float = 0.0
     train_images: int = 0
+    epoch_images: int = 0  # images behind this epoch's on-device loss and accuracy sums
 
 
 class Trainer:
@@ -236,7 +237,7 @@ class Trainer:
         self.order_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.augment_generator = torch.Generator(device=self.device).manual_seed(seed + 2)
         self.order = torch.empty(0, dtype=torch.long, device=self.device)
-        self.epoch_stats = torch.zeros(3, dtype=torch.float64, device=self.device)
+        self.epoch_stats = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, correct
         self.current_lr = self.lr_schedule.lr_at(0)
 
     # --- checkpoints -------------------------------------------------------------------------
@@ -253,7 +254,8 @@ class Trainer:
             "amp_scaler": None,  # training runs in fp32 or bf16 autocast, neither needs a scaler
             "progress": {"step": p.step, "epoch": p.epoch, "position": p.position,
                          "best_val_loss": p.best_val_loss, "best_val_top1": p.best_val_top1,
-                         "train_seconds": p.train_seconds, "train_images": p.train_images},
+                         "train_seconds": p.train_seconds, "train_images": p.train_images,
+                         "epoch_images": p.epoch_images},
             "order": self.order.cpu(),
             "epoch_stats": self.epoch_stats.cpu(),
             "rng": capture_rng(),
@@ -372,7 +374,8 @@ class Trainer:
             device=str(self.device), step=p.step, epoch=p.epoch, total_steps=self.total_steps,
             steps_per_epoch=self.steps_per_epoch, train_size=len(self.train_y), val_size=len(self.val_y),
             test_size=len(self.test_y), resumed=self.resume, dropout_rates=dropout_rates(self.model)))
-        window = torch.zeros(3, dtype=torch.float64, device=self.device)
+        window = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, correct
+        window_images = 0  # counted on the host, which knows every batch size
         last_emit, steps_since_emit = time.monotonic(), 0
         self.last_checkpoint_time = time.monotonic()
         session_start_step, session_start_seconds = p.step, p.train_seconds
@@ -382,6 +385,7 @@ class Trainer:
             if p.position == 0:
                 self.order = torch.randperm(len(self.train_y), generator=self.order_generator, device=self.device)
                 self.epoch_stats.zero_()
+                p.epoch_images = 0
             epoch_started = time.monotonic()
             while p.position < self.steps_per_epoch and p.step < self.total_steps:
                 if not self._between_steps():
@@ -410,19 +414,20 @@ class Trainer:
                 else:
                     with torch.no_grad():
                         correct = (logits.argmax(1) == labels).sum()
-                        stats = torch.stack([loss.detach().double() * len(labels), correct.double(),
-                                             torch.tensor(float(len(labels)), dtype=torch.float64,
-                                                          device=self.device)])
+                        stats = torch.stack([loss.detach().double() * len(labels), correct.double()])
                         window += stats
                         self.epoch_stats += stats
                     p.train_images += len(labels)
+                    p.epoch_images += len(labels)
+                    window_images += len(labels)
                 p.position += 1
                 p.step += 1
                 steps_since_emit += 1
                 now = time.monotonic()
                 if steps_since_emit >= config.train.log_every and now - last_emit >= MIN_EMIT_INTERVAL_S:
-                    self._emit_step(window, session_start_step, session_start_seconds)
+                    self._emit_step(window, window_images, session_start_step, session_start_seconds)
                     window.zero_()
+                    window_images = 0
                     last_emit, steps_since_emit = now, 0
                 minutes = config.train.checkpoint_minutes
                 if minutes and now - self.last_checkpoint_time >= minutes * 60:
@@ -433,9 +438,9 @@ class Trainer:
             self._clock_start()
         return self._finish()
 
-    def _emit_step(self, window: torch.Tensor, start_step: int, start_seconds: float) -> None:
+    def _emit_step(self, window: torch.Tensor, count: int, start_step: int, start_seconds: float) -> None:
         p = self.progress
-        loss_sum, correct, count = window.tolist()  # sync point: once per emitted StepMetrics
+        loss_sum, correct = window.tolist()  # sync point: once per emitted StepMetrics
         elapsed = p.train_seconds + (time.perf_counter() - self._clock if self._clock else 0.0)
         session_steps = p.step - start_step
         per_step = (elapsed - start_seconds) / session_steps if session_steps else 0.0
@@ -468,7 +473,8 @@ class Trainer:
     def _end_epoch(self, seconds: float) -> None:
         p = self.progress
         self._clock_stop()
-        loss_sum, correct, count = self.epoch_stats.tolist()  # sync point: once per epoch
+        loss_sum, correct = self.epoch_stats.tolist()  # sync point: once per epoch
+        count = p.epoch_images
         val_loss = val_top1 = val_top5 = None
         if len(self.val_y):
             val_loss, val_top1, val_top5 = self.evaluate(self.val_x, self.val_y)
