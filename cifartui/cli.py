@@ -34,17 +34,13 @@ if hasattr(signal, "SIGHUP"):
     SIGNAL_EXIT[signal.SIGHUP] = 129
 
 
-class UsageError(Exception):
-    """A mistake in what the user asked for; printed as one message, exit code 2."""
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
     from cifartui.engine.checkpoint import CheckpointError
     from cifartui.engine.data import DataError
     from cifartui.engine.models import ModelError
     from cifartui.engine.runs import RunDirError
-    from cifartui.engine.trainer import DeviceError
-    return (UsageError, ConfigError, DataError, ModelError, DeviceError, CheckpointError, RunDirError)
+    from cifartui.engine.trainer import DeviceError, ResumeRefused
+    return (ConfigError, DataError, ModelError, DeviceError, CheckpointError, RunDirError, ResumeRefused)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,18 +144,11 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_resume(args: argparse.Namespace, console: Console) -> int:
-    from cifartui.engine.runs import read_config, read_status, write_json_atomic
+    from cifartui.engine.runs import write_json_atomic
     from cifartui.engine.trainer import check_resumable
 
     run_dir = args.run_dir
-    config = read_config(run_dir)
-    status = read_status(run_dir)
-    if status.get("status") in ("running", "paused"):
-        raise UsageError(f"{run_dir} is being trained right now by process {status.get('pid')} on "
-                         f"{status.get('host')}; stop that process first")
-    check_resumable(run_dir)
-    if status.get("status") == "finished" and args.epochs is None:
-        raise UsageError(f"{run_dir} already finished; pass --epochs N to train it further")
+    config = check_resumable(run_dir, extending=args.epochs is not None)
     if args.epochs is not None:
         config = replace_path(config, "train.epochs", args.epochs, "--epochs")
         config = replace_path(config, "train.max_steps", 0, "--epochs")

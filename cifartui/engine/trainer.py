@@ -31,7 +31,7 @@ from cifartui.engine.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, capt
 from cifartui.engine.data import load_dataset, split_validation
 from cifartui.engine.models import build_model, dropout_rates, summarize
 from cifartui.engine.optim import build_optimizer
-from cifartui.engine.runs import write_json_atomic, write_status
+from cifartui.engine.runs import read_config, read_status, write_json_atomic, write_status
 from cifartui.engine.schedules import DropoutSchedule, LRSchedule
 
 # Step metrics go out at most this often, whatever log_every says.
@@ -548,10 +548,27 @@ class Trainer:
         return RunResult("finished", self.run_dir, summary)
 
 
-def check_resumable(run_dir: Path) -> None:
-    """Raise CheckpointError unless run_dir has a loadable last checkpoint."""
-    load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt")
+class ResumeRefused(ValueError):
+    """The run cannot be resumed as asked; the message says why and what to do."""
+
+
+def check_resumable(run_dir: Path, *, extending: bool = False) -> RunConfig:
+    """The run's config when it can be resumed; else ResumeRefused, RunDirError or CheckpointError.
+
+    One rule for the command line and the app: no second writer in a run directory, a
+    last checkpoint that loads, and a finished run only when it is given more epochs.
+    """
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    status = read_status(run_dir)
+    if status.get("status") in ("running", "paused"):
+        raise ResumeRefused(f"{run_dir} is being trained right now by process {status.get('pid')} on "
+                            f"{status.get('host')}; stop that process first")
+    load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    if status.get("status") == "finished" and not extending:
+        raise ResumeRefused(f"{run_dir} already finished; `cifartui resume {run_dir} --epochs N` trains it further")
+    return config
 
 
 __all__ = ["Trainer", "RunControl", "RunResult", "resolve_device", "DeviceError", "CheckpointError",
-           "check_resumable"]
+           "ResumeRefused", "check_resumable"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import signal
 import threading
@@ -30,9 +31,8 @@ from textual.worker import Worker, WorkerState
 from cifartui.config import RunConfig
 from cifartui.engine import events as ev
 from cifartui.engine.checkpoint import CheckpointError
-from cifartui.engine.runs import (RunDirError, default_runs_dir, list_runs, new_run_dir, read_config, read_metrics,
-                                  read_status)
-from cifartui.engine.trainer import RunControl, Trainer
+from cifartui.engine.runs import RunDirError, default_runs_dir, list_runs, new_run_dir, read_config, read_status
+from cifartui.engine.trainer import ResumeRefused, RunControl, Trainer, check_resumable
 from cifartui.ui.messages import RunEvent
 from cifartui.ui.screens.compare import CompareScreen
 from cifartui.ui.screens.dialogs import ConfirmScreen, HelpScreen, ResumeOfferScreen
@@ -358,7 +358,6 @@ class CifarTuiApp(App[int]):
             return
         complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next read
         handle.tail_offset += len(complete)
-        import json
         for line in complete.decode("utf-8", errors="replace").splitlines():
             try:
                 event = event_from_json(json.loads(line))
@@ -371,24 +370,16 @@ class CifarTuiApp(App[int]):
         panel.status = keep or (panel.status if panel.status not in ("starting",) else "viewing")
 
     def resume_run(self, path: Path) -> None:
-        from cifartui.engine.trainer import check_resumable
         if any(h.run_dir == path and h.active for h in self.handles.values()):
             self.notify(f"{path.name} is already training here.", severity="warning")
             return
-        status = read_status(path)
-        if status.get("status") in ("running", "paused"):
-            self.notify(f"{path.name} is being trained by process {status.get('pid')}; follow it with f instead.",
-                        severity="warning")
-            return
         try:
-            config = read_config(path)
-            check_resumable(path)
+            config = check_resumable(path)
+        except ResumeRefused as refusal:
+            self.notify(str(refusal), severity="warning", timeout=10)
+            return
         except (RunDirError, CheckpointError) as error:
             self.notify(str(error), severity="error", timeout=10)
-            return
-        if status.get("status") == "finished":
-            self.notify(f"{path.name} already finished; `cifartui resume {path} --epochs N` trains it further.",
-                        severity="warning", timeout=10)
             return
         if isinstance(self.screen, HistoryScreen):
             self.pop_screen()
@@ -490,4 +481,4 @@ def make_app(*, runs_dir: Path | None = None, data_dir: Path | None = None,
                        offer_resume=offer_resume)
 
 
-__all__ = ["CifarTuiApp", "make_app", "event_from_json", "read_metrics"]
+__all__ = ["CifarTuiApp", "make_app", "event_from_json"]

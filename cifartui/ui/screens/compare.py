@@ -73,8 +73,9 @@ class CompareScreen(Screen[None]):
                 config = read_config(run_dir)
             except RunDirError:
                 continue
-            epochs = [e for e in read_metrics(run_dir) if e["event"] == "EpochEnded"]
-            finished = [e for e in read_metrics(run_dir) if e["event"] == "RunFinished"]
+            events = read_metrics(run_dir)  # read once per refresh: a long run's file is large
+            epochs = [e for e in events if e["event"] == "EpochEnded"]
+            finished = [e for e in events if e["event"] == "RunFinished"]
             points = [(e["epoch"] + 1, e[self.metric]) for e in epochs if e.get(self.metric) is not None]
             colour = PALETTE[index % len(PALETTE)]
             if points:
