@@ -136,11 +136,13 @@ def cmd_app(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
+    from cifartui.engine.distributed import from_environment
     from cifartui.engine.runs import default_runs_dir, new_run_dir
 
     config = _config_from_args(args)
-    run_dir = new_run_dir(args.runs_dir or default_runs_dir(), config.name)
-    return _run(config, run_dir, args, console, resume=False)
+    distributed = from_environment()  # one process, or this process's place in a torchrun job
+    run_dir = new_run_dir(args.runs_dir or default_runs_dir(), config.name) if distributed.is_main else None
+    return _run(config, distributed.broadcast_path(run_dir), args, console, resume=False)
 
 
 def cmd_resume(args: argparse.Namespace, console: Console) -> int:
@@ -154,7 +156,10 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
         config = replace_path(config, "train.max_steps", 0, "--epochs")
     if args.device is not None:
         config = replace_path(config, "train.device", args.device, "--device")
-    write_json_atomic(run_dir / "config.json", config.to_dict())
+    from cifartui.engine.distributed import from_environment
+
+    if from_environment().is_main:
+        write_json_atomic(run_dir / "config.json", config.to_dict())
     return _run(config, run_dir, args, console, resume=True)
 
 
@@ -168,12 +173,20 @@ def _check_model(config: RunConfig) -> None:
 
 
 def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Console, *, resume: bool) -> int:
+    from cifartui.engine import distributed
     from cifartui.engine.trainer import RunControl, Trainer
 
+    job = distributed.from_environment()
+    if not job.is_main:  # under torchrun, rank 0 speaks for the job
+        console = Console(file=io.StringIO())
     control = RunControl()
     display = ProgressDisplay(console, control)
     trainer = Trainer(config, run_dir, data_dir=args.data_dir, listeners=[display], control=control,
-                      resume=resume, log=lambda text: console.print(text, highlight=False, soft_wrap=True))
+                      resume=resume, log=lambda text: console.print(text, highlight=False, soft_wrap=True),
+                      distributed=job)
+    if job.enabled:
+        console.print(f"Data parallel: {job.world_size} processes ({torch_backend()}), "
+                      f"global batch {config.train.batch_size}", highlight=False)
     received: list[int] = []
 
     def on_signal(number: int, _frame: Any) -> None:
@@ -190,7 +203,7 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
         result = trainer.run()
     except _user_errors():
         display.close()
-        if not resume and not any((run_dir / "checkpoints").glob("*.pt")):
+        if job.is_main and not resume and not any((run_dir / "checkpoints").glob("*.pt")):
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained yet: leave no empty run behind
         raise
     except KeyboardInterrupt:
@@ -208,10 +221,11 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+        distributed.shutdown()
     display.close()
     if result.status == "finished":
         _print_summary(console, config, result.summary)
-        if args.summary_json:
+        if args.summary_json and job.is_main:
             args.summary_json.parent.mkdir(parents=True, exist_ok=True)
             args.summary_json.write_text(json.dumps(result.summary, indent=2) + "\n", encoding="utf-8")
         return EXIT_OK
@@ -220,9 +234,16 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
         console.print(f"Stopped at step {result.summary['step']} with a checkpoint. Resume with: {how}",
                       highlight=False, soft_wrap=True)
         return SIGNAL_EXIT[received[0]]
-    console.print(f"Stopped at step {result.summary['step']}: {display.pause_reason}\nResume with: {how}",
+    reason = display.pause_reason or control.stop_reason
+    console.print(f"Stopped at step {result.summary['step']}: {reason}\nResume with: {how}",
                   highlight=False, soft_wrap=True)
     return EXIT_PAUSED_HEADLESS
+
+
+def torch_backend() -> str:
+    import torch.distributed
+
+    return torch.distributed.get_backend()
 
 
 class ProgressDisplay:

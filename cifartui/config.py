@@ -185,6 +185,9 @@ class TrainConfig:
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
     label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy loss.",
                                      low=0.0, high=1.0, high_open=True)
+    precision: Literal["auto", "fp32", "bf16"] = setting(
+        "auto", "Arithmetic of the forward pass: auto is bf16 autocast on a GPU and fp32 on the CPU.")
+    compile: bool = setting(False, "Compile the model with torch.compile (slow first steps, faster after).")
     log_every: int = setting(10, "Emit step metrics at most every this many steps.", low=1)
     checkpoint_minutes: float = setting(
         10.0, "Also write checkpoints/last.pt mid-epoch at this interval (0 = epoch ends only).", low=0.0)

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from cifartui.config import ModelConfig
-from cifartui.engine.models import MODELS, ScheduledDropout, build_model, dropout_groups, summarize
+from cifartui.config import DropoutEvent, ModelConfig
+from cifartui.engine.models import MODELS, ScheduledDropout, build_model, dropout_groups, dropout_rates, summarize
+from cifartui.engine.schedules import DropoutSchedule
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -81,3 +82,28 @@ def test_summary_lists_layers_with_shapes_and_parameters() -> None:
     assert summary.layers[-1].output_shape == (10,)
     assert sum(r.parameters for r in summary.layers) == summary.total_parameters
     assert summary.to_dict()["layers"][0]["name"] == first.name
+
+
+def test_changing_dropout_rates_does_not_recompile_a_compiled_model() -> None:
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    compiled_graphs = []
+
+    def counting_backend(graph_module, example_inputs):  # noqa: ANN001
+        compiled_graphs.append(graph_module)
+        return graph_module.forward
+
+    model = build_model(ModelConfig(name="cnn3", dropout=(0.1, 0.1, 0.1, 0.2)), 10).train()
+    compiled = torch.compile(model, backend=counting_backend)
+    x = torch.randn(4, 3, 32, 32)
+    compiled(x)
+    after_first = len(compiled_graphs)
+    dropout = DropoutSchedule((DropoutEvent(at=1, action="multiply", factor=1.5, scope="all"),
+                               DropoutEvent(at=2, action="add", rates=(0.1, 0.2, 0.1, 0.1)),
+                               DropoutEvent(at=3, action="set", rates=(0.3, 0.3, 0.4, 0.5))), model, 1)
+    for step in (1, 2, 3):
+        assert dropout.apply_due(step)
+        compiled(x)
+    assert after_first >= 1 and len(compiled_graphs) == after_first
+    assert [round(r, 6) for r in dropout_rates(model).values()][-1] == 0.5

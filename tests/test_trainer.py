@@ -202,3 +202,31 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, stop_at: i
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
     split = json.loads((tmp_path / "split" / "summary.json").read_text())
     assert (whole["test_loss"], whole["test_top1"]) == (split["test_loss"], split["test_top1"])
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
+def test_a_step_with_non_finite_loss_leaves_weights_and_optimizer_state_alone(name: str) -> None:
+    from cifartui.config import OptimizerConfig
+    from cifartui.engine.optim import build_optimizer, step_unless
+
+    model = torch.nn.Linear(4, 2)
+    optimizer = build_optimizer(model, OptimizerConfig(name=name, lr=0.1, momentum=0.9), torch.device("cpu"))
+    for found_inf in (0.0, 1.0):  # a good first step creates the state, then a bad one
+        model(torch.randn(3, 4)).sum().backward()
+        if found_inf:
+            weights = [p.detach().clone() for p in model.parameters()]
+            state = [{k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+                     for s in optimizer.state.values()]
+            for p in model.parameters():
+                p.grad.fill_(float("nan"))
+        step_unless(optimizer, torch.tensor(found_inf))
+        optimizer.zero_grad(set_to_none=True)
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    for before, after in zip(state, optimizer.state.values()):
+        assert all(torch.equal(before[k], after[k]) if torch.is_tensor(before[k]) else before[k] == after[k]
+                   for k in before)
+
+
+def test_bf16_autocast_trains_on_the_cpu(tmp_path: Path) -> None:
+    result = Trainer(tiny_config(epochs=1, precision="bf16"), tmp_path / "run").run()
+    assert result.status == "finished" and math.isfinite(result.summary["test_loss"])

@@ -21,8 +21,9 @@ def parameter_groups(model: nn.Module, config: OptimizerConfig) -> list[dict]:
 
 def build_optimizer(model: nn.Module, config: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
     groups = parameter_groups(model, config)
-    # Fused kernels exist on CUDA for these optimizers and are numerically equivalent.
-    fused = {"fused": True} if device.type == "cuda" else {}
+    # Fused kernels (CUDA and CPU) do the whole update in one pass, and they can skip an
+    # update on the device when a step's loss was not finite (see `step_unless`).
+    fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
     if config.name == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                                weight_decay=config.weight_decay, **fused)
@@ -34,3 +35,27 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig, device: torch.dev
                                  weight_decay=config.weight_decay, **fused)
     return torch.optim.RMSprop(groups, lr=config.lr, alpha=config.alpha, eps=config.eps,
                                momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """True when `step_unless` needs no host read: the fused kernels take a found-inf flag."""
+    return bool(optimizer.defaults.get("fused")) and getattr(optimizer, "_step_supports_amp_scaling", False)
+
+
+def step_unless(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
+    """Step, unless the 0-dim float `found_inf` is nonzero; then params and state stay as they were.
+
+    Fused optimizers read the flag inside their kernels, the way AMP's GradScaler hands
+    it to them, so the host never waits for the device. The others need the flag on the
+    host first.
+    """
+    # The very first step creates the momentum buffers; skipped inside the kernel it would
+    # leave them uninitialized, so that one step decides on the host.
+    if skips_on_device(optimizer) and optimizer.state:
+        optimizer.grad_scale, optimizer.found_inf = None, found_inf
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale, optimizer.found_inf
+    elif not found_inf.item():  # sync point: the first step, and optimizers without a fused kernel (RMSprop)
+        optimizer.step()

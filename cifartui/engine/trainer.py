@@ -15,6 +15,8 @@ import random
 import threading
 import time
 import traceback
+from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -29,13 +31,17 @@ from cifartui.engine.augment import Augmenter, Preprocessor
 from cifartui.engine.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, capture_rng, load_checkpoint,
                                         restore_rng, save_checkpoint)
 from cifartui.engine.data import load_dataset, split_validation
+from cifartui.engine.distributed import Distributed
 from cifartui.engine.models import build_model, dropout_rates, summarize
-from cifartui.engine.optim import build_optimizer
+from cifartui.engine.optim import build_optimizer, step_unless
 from cifartui.engine.runs import read_config, read_status, write_json_atomic, write_status
 from cifartui.engine.schedules import DropoutSchedule, LRSchedule
 
 # Step metrics go out at most this often, whatever log_every says.
 MIN_EMIT_INTERVAL_S = 0.1
+# Under torchrun the processes agree on stop requests every this many steps, so that all
+# of them leave the loop at the same step.
+AGREE_EVERY = 20
 
 
 class DeviceError(ValueError):
@@ -134,13 +140,65 @@ class _Progress:
     best_val_top1: float | None = None
     train_seconds: float = 0.0
     train_images: int = 0
-    epoch_images: int = 0  # images behind this epoch's on-device loss and accuracy sums
+
+
+class _LossWatch:
+    """Finds non-finite losses without making the host wait for the device every step.
+
+    The optimizer already skipped such a step on the device (`step_unless`); this only
+    tells the host, to pause the run. On the CPU the flag is read at once (there is no
+    device to wait for). On a GPU each step's flag and loss are copied to pinned host
+    memory behind an event and read when the event has passed: the host never runs more
+    than `depth` steps ahead of the device, and the run pauses at most `depth` steps
+    after the bad one.
+    """
+
+    def __init__(self, device: torch.device, depth: int = 2):
+        self.lagged = device.type == "cuda"
+        self.depth = depth
+        self.pending: deque[tuple[int, int, Any, torch.Tensor]] = deque()
+        if self.lagged:
+            size = depth + 2
+            self.buffers = [torch.empty(2, pin_memory=True) for _ in range(size)]
+            self.events = [torch.cuda.Event() for _ in range(size)]
+            self.next_slot = 0
+
+    def push(self, step: int, epoch: int, found_inf: torch.Tensor, loss: torch.Tensor) -> tuple[int, int, float] | None:
+        """(step, epoch, loss) of the first bad step seen by now, if any."""
+        if not self.lagged:
+            if found_inf.item():  # a CPU tensor: no device to wait for
+                return step, epoch, float(loss.item())
+            return None
+        slot = self.next_slot
+        self.next_slot = (slot + 1) % len(self.buffers)
+        self.buffers[slot].copy_(torch.stack([found_inf.float(), loss.detach().float()]), non_blocking=True)
+        self.events[slot].record()
+        self.pending.append((step, epoch, self.events[slot], self.buffers[slot]))
+        return self._collect(block=False)
+
+    def drain(self) -> tuple[int, int, float] | None:
+        return self._collect(block=True)
+
+    def _collect(self, block: bool) -> tuple[int, int, float] | None:
+        bad = None
+        while self.pending:
+            step, epoch, event, buffer = self.pending[0]
+            if not event.query():
+                if not block and len(self.pending) <= self.depth:
+                    break
+                event.synchronize()  # sync point: only when the host is more than `depth` steps ahead
+            self.pending.popleft()
+            if bad is None and buffer[0].item():
+                bad = (step, epoch, float(buffer[1].item()))
+        return bad
 
 
 class Trainer:
     def __init__(self, config: RunConfig, run_dir: Path, *, data_dir: Path | None = None,
                  listeners: list[ev.Listener] | None = None, control: RunControl | None = None,
-                 resume: bool = False, log: Callable[[str], None] | None = None):
+                 resume: bool = False, log: Callable[[str], None] | None = None,
+                 distributed: Distributed | None = None):
+        self.dist = distributed or Distributed()
         self.config = config
         self.run_dir = Path(run_dir)
         self.data_dir = data_dir
@@ -164,26 +222,28 @@ class Trainer:
 
     def run(self) -> RunResult:
         """Train in the calling thread. Raises what made the run fail, after RunFailed is out."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "checkpoints").mkdir(exist_ok=True)
-        # A process killed while writing leaves its temporary file; the checkpoint beside it is whole.
-        for stale in (self.run_dir / "checkpoints").glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
-        self._metrics_file = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        if self.dist.is_main:  # under torchrun only rank 0 writes the run directory
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+            # A process killed while writing leaves its temporary file; the checkpoint beside it is whole.
+            for stale in (self.run_dir / "checkpoints").glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+            self._metrics_file = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
         try:
-            if not self.resume:
+            if not self.resume and self.dist.is_main:
                 write_json_atomic(self.run_dir / "config.json", self.config.to_dict())
             self.result = self._train()
             return self.result
         except BaseException as error:
             self._emit(ev.RunFailed(error=str(error) or type(error).__name__, error_type=type(error).__name__,
                                     step=self.progress.step, epoch=self.progress.epoch))
-            write_status(self.run_dir, "failed", error=str(error), step=self.progress.step)
+            self._status("failed", error=str(error), step=self.progress.step)
             self.result = RunResult("failed", self.run_dir, {"error": str(error)})
             raise
         finally:
             self.bus.close()
-            self._metrics_file.close()
+            if self._metrics_file is not None:
+                self._metrics_file.close()
 
     # --- setup -------------------------------------------------------------------------------
 
@@ -193,6 +253,10 @@ class Trainer:
         except BaseException:
             with (self.run_dir / "error.log").open("a", encoding="utf-8") as handle:
                 traceback.print_exc(file=handle)
+
+    def _status(self, status: str, **extra: Any) -> None:
+        if self.dist.is_main:
+            write_status(self.run_dir, status, **extra)
 
     def _emit(self, event: ev.Event) -> None:
         # metrics.jsonl is written here, in the training thread: events are few (step
@@ -205,12 +269,20 @@ class Trainer:
     def _setup(self) -> None:
         config = self.config
         seed = config.train.seed
-        self.device = resolve_device(config.train.device)
+        rank = self.dist.rank
+        self.device = resolve_device(self.dist.device_name(config.train.device))
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN time its algorithms once
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
 
+        if not self.dist.is_main:
+            self.dist.barrier()  # rank 0 downloads and checks the data first
         dataset = load_dataset(config.dataset, self.data_dir, log=self.log)
+        if self.dist.is_main:
+            self.dist.barrier()
         self.dataset = dataset
         train_index, val_index = split_validation(len(dataset.train_labels), config.dataset.val_fraction, seed)
 
@@ -228,16 +300,34 @@ class Trainer:
 
         self.model = build_model(config.model, dataset.num_classes).to(self.device)
         self.summary = summarize(self.model, config.model.name)
+        # channels_last lets cuDNN use its NHWC convolution kernels (tensor cores under bf16).
+        self.channels_last = self.device.type == "cuda"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        precision = config.train.precision
+        use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         self.optimizer = build_optimizer(self.model, config.optimizer, self.device)
+        self.forward = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            torch.manual_seed(seed + rank)  # same initial weights everywhere, different dropout masks
+        if config.train.compile:
+            self.forward = torch.compile(self.forward)
         self.steps_per_epoch = math.ceil(len(self.train_y) / config.train.batch_size)
         total = config.train.epochs * self.steps_per_epoch
         self.total_steps = min(total, config.train.max_steps) if config.train.max_steps else total
         self.lr_schedule = LRSchedule(config.optimizer, self.steps_per_epoch, self.total_steps)
         self.dropout_schedule = DropoutSchedule(config.dropout_schedule, self.model, self.steps_per_epoch)
         self.order_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
-        self.augment_generator = torch.Generator(device=self.device).manual_seed(seed + 2)
+        self.augment_generator = torch.Generator(device=self.device).manual_seed(seed + 2 + 1000 * rank)
         self.order = torch.empty(0, dtype=torch.long, device=self.device)
-        self.epoch_stats = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, correct
+        # loss sum, correct, images: summed on the device, read once per epoch
+        self.epoch_stats = torch.zeros(3, dtype=torch.float64, device=self.device)
+        self.loss_watch = _LossWatch(self.device)
         self.current_lr = self.lr_schedule.lr_at(0)
 
     # --- checkpoints -------------------------------------------------------------------------
@@ -254,8 +344,7 @@ class Trainer:
             "amp_scaler": None,  # training runs in fp32 or bf16 autocast, neither needs a scaler
             "progress": {"step": p.step, "epoch": p.epoch, "position": p.position,
                          "best_val_loss": p.best_val_loss, "best_val_top1": p.best_val_top1,
-                         "train_seconds": p.train_seconds, "train_images": p.train_images,
-                         "epoch_images": p.epoch_images},
+                         "train_seconds": p.train_seconds, "train_images": p.train_images},
             "order": self.order.cpu(),
             "epoch_stats": self.epoch_stats.cpu(),
             "rng": capture_rng(),
@@ -267,17 +356,27 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
-        progress = state["progress"]
+        progress = dict(state["progress"])
+        epoch_images = progress.pop("epoch_images", 0)  # checkpoints before image counts moved to the device
         self.progress = _Progress(**progress)
         self.order = state["order"].to(self.device)
-        self.epoch_stats = state["epoch_stats"].to(self.device)
+        stats = state["epoch_stats"].to(self.device)
+        if len(stats) == 2:
+            stats = torch.cat([stats, stats.new_tensor([epoch_images])])
+        self.epoch_stats = stats
         restore_rng(state["rng"])
         self.order_generator.set_state(state["order_generator"])
-        self.augment_generator.set_state(state["augment_generator"])
+        if self.dist.is_main:
+            self.augment_generator.set_state(state["augment_generator"])
+        else:  # the checkpoint holds rank 0's streams; the others start fresh ones
+            self.augment_generator.manual_seed(self.config.train.seed + 2 + 1000 * self.dist.rank + self.progress.step)
+            torch.manual_seed(self.config.train.seed + self.dist.rank + self.progress.step)
         self.current_lr = self.lr_schedule.lr_at(self.progress.step)
 
     def _checkpoint(self, reason: str, *, best: bool = False) -> bool:
         """Write last.pt (and best.pt); on failure report it, pause, and keep the old file."""
+        if not self.dist.is_main:
+            return True
         clock_was_running = self._clock is not None
         self._clock_stop()
         paths = [self.run_dir / "checkpoints" / "last.pt"]
@@ -320,23 +419,34 @@ class Trainer:
     # --- control -----------------------------------------------------------------------------
 
     def _pause(self, reason: str) -> None:
+        if self.dist.enabled:  # nobody can resume a process of a torchrun job by hand
+            self.control.stop(reason)
+            return
         self.control.pause()
         self._paused_reason = reason
 
     def _between_steps(self) -> bool:
         """Serve requests; False when the run must stop now."""
         control = self.control
+        if self.dist.enabled:
+            if control.take_checkpoint_request():
+                self._checkpoint("requested")
+            # Every process must leave the loop at the same step or the next collective hangs.
+            if self.progress.step % AGREE_EVERY or not self.dist.agree(control.stop_reason is not None):
+                return True
+            control.stop("stopped with the other processes")
+            return False
         if control.take_checkpoint_request():
             self._checkpoint("requested")
         if control.paused and control.stop_reason is None:
             self._clock_stop()
             reason = getattr(self, "_paused_reason", None) or "pause requested"
             self._paused_reason = None
-            write_status(self.run_dir, "paused", step=self.progress.step, reason=reason)
+            self._status("paused", step=self.progress.step, reason=reason)
             self._emit(ev.RunPaused(step=self.progress.step, epoch=self.progress.epoch, reason=reason))
             control.wait_while_paused(lambda: self._checkpoint("requested"))
             if control.stop_reason is None:
-                write_status(self.run_dir, "running", step=self.progress.step)
+                self._status("running", step=self.progress.step)
                 self._emit(ev.RunResumed(step=self.progress.step, epoch=self.progress.epoch))
             self._clock_start()
         return control.stop_reason is None
@@ -368,14 +478,13 @@ class Trainer:
             self._restore(load_checkpoint(self.run_dir / "checkpoints" / "last.pt"))
         config, p = self.config, self.progress
         batch_size = config.train.batch_size
-        write_status(self.run_dir, "running", step=p.step)
+        self._status("running", step=p.step)
         self._emit(ev.RunStarted(
             run_dir=str(self.run_dir), config=config.to_dict(), model_summary=self.summary.to_dict(),
             device=str(self.device), step=p.step, epoch=p.epoch, total_steps=self.total_steps,
             steps_per_epoch=self.steps_per_epoch, train_size=len(self.train_y), val_size=len(self.val_y),
             test_size=len(self.test_y), resumed=self.resume, dropout_rates=dropout_rates(self.model)))
-        window = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, correct
-        window_images = 0  # counted on the host, which knows every batch size
+        window = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, images
         last_emit, steps_since_emit = time.monotonic(), 0
         self.last_checkpoint_time = time.monotonic()
         session_start_step, session_start_seconds = p.step, p.train_seconds
@@ -385,49 +494,55 @@ class Trainer:
             if p.position == 0:
                 self.order = torch.randperm(len(self.train_y), generator=self.order_generator, device=self.device)
                 self.epoch_stats.zero_()
-                p.epoch_images = 0
             epoch_started = time.monotonic()
             while p.position < self.steps_per_epoch and p.step < self.total_steps:
                 if not self._between_steps():
                     return self._stopped()
                 self._apply_schedules()
                 index = self.order[p.position * batch_size:(p.position + 1) * batch_size]
+                if self.dist.enabled:  # this process's share of the global batch
+                    index = index[self.dist.rank::self.dist.world_size]
                 images = self.augment(self.preprocess(self.train_x[index]), self.augment_generator)
+                if self.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
                 labels = self.train_y[index]
                 self.model.train()
                 try:
-                    logits = self.model(images)
-                    loss = F.cross_entropy(logits, labels, label_smoothing=config.train.label_smoothing)
-                    # Sync point: one scalar read per step so that a non-finite loss never reaches
-                    # the weights. Free on the CPU; on a GPU it waits for this step's forward pass.
-                    loss_value = loss.item()
-                    if math.isfinite(loss_value):
-                        self.optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        self.optimizer.step()
+                    with self._autocast():
+                        logits = self.forward(images)
+                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.train.label_smoothing)
+                    # A non-finite loss must never reach the weights. The check stays on the device:
+                    # the optimizer skips the update when found_inf is set (see step_unless).
+                    found_inf = torch.logical_not(torch.isfinite(loss.detach())).float()
+                    if self.dist.enabled:  # every process skips the same steps
+                        self.dist.all_reduce_(found_inf, torch.distributed.ReduceOp.MAX)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    step_unless(self.optimizer, found_inf)
                 except torch.OutOfMemoryError as error:
+                    if self.dist.enabled:
+                        raise  # the other processes wait in a collective: the job cannot skip a step
                     images = labels = logits = loss = None
                     self._out_of_memory(error)
                     continue  # the same batch again once resumed
-                if not math.isfinite(loss_value):
-                    self._non_finite(loss_value)
-                else:
-                    with torch.no_grad():
-                        correct = (logits.argmax(1) == labels).sum()
-                        stats = torch.stack([loss.detach().double() * len(labels), correct.double()])
-                        window += stats
-                        self.epoch_stats += stats
-                    p.train_images += len(labels)
-                    p.epoch_images += len(labels)
-                    window_images += len(labels)
+                with torch.no_grad():
+                    ok = found_inf == 0
+                    correct = (logits.argmax(1) == labels).sum()
+                    stats = torch.stack([torch.where(ok, loss.detach(), 0.0).double() * len(labels),
+                                         torch.where(ok, correct, 0).double(), ok.double() * len(labels)])
+                    window += stats
+                    self.epoch_stats += stats
+                p.train_images += len(labels) * self.dist.world_size
+                bad = self.loss_watch.push(p.step, p.epoch, found_inf, loss)
+                if bad:
+                    self._non_finite(*bad)
                 p.position += 1
                 p.step += 1
                 steps_since_emit += 1
                 now = time.monotonic()
                 if steps_since_emit >= config.train.log_every and now - last_emit >= MIN_EMIT_INTERVAL_S:
-                    self._emit_step(window, window_images, session_start_step, session_start_seconds)
+                    self._emit_step(window, session_start_step, session_start_seconds)
                     window.zero_()
-                    window_images = 0
                     last_emit, steps_since_emit = now, 0
                 minutes = config.train.checkpoint_minutes
                 if minutes and now - self.last_checkpoint_time >= minutes * 60:
@@ -438,9 +553,16 @@ class Trainer:
             self._clock_start()
         return self._finish()
 
-    def _emit_step(self, window: torch.Tensor, count: int, start_step: int, start_seconds: float) -> None:
+    def _autocast(self):  # noqa: ANN202
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _emit_step(self, window: torch.Tensor, start_step: int, start_seconds: float) -> None:
         p = self.progress
-        loss_sum, correct = window.tolist()  # sync point: once per emitted StepMetrics
+        # Sync point: once per emitted StepMetrics. Under torchrun these are rank 0's own
+        # images: emits are timed, so the processes cannot meet in a collective here.
+        loss_sum, correct, count = window.tolist()
         elapsed = p.train_seconds + (time.perf_counter() - self._clock if self._clock else 0.0)
         session_steps = p.step - start_step
         per_step = (elapsed - start_seconds) / session_steps if session_steps else 0.0
@@ -450,11 +572,11 @@ class Trainer:
             top1=100.0 * correct / count if count else 0.0, lr=self.current_lr,
             images_per_s=rate, eta_s=per_step * (self.total_steps - p.step), total_steps=self.total_steps))
 
-    def _non_finite(self, value: float) -> None:
+    def _non_finite(self, step: int, epoch: int, value: float) -> None:
         p = self.progress
-        message = (f"loss became {value} at step {p.step} (epoch {p.epoch + 1}); the update was skipped and "
+        message = (f"loss became {value} at step {step} (epoch {epoch + 1}); the update was skipped and "
                    "the weights are unchanged. Lower the learning rate or check the data, then resume or stop.")
-        self._emit(ev.LossNotFinite(step=p.step, epoch=p.epoch, loss=value, message=message))
+        self._emit(ev.LossNotFinite(step=step, epoch=epoch, loss=value, message=message))
         self._pause(f"non-finite loss: {message}")
 
     def _out_of_memory(self, error: BaseException) -> None:
@@ -473,8 +595,11 @@ class Trainer:
     def _end_epoch(self, seconds: float) -> None:
         p = self.progress
         self._clock_stop()
-        loss_sum, correct = self.epoch_stats.tolist()  # sync point: once per epoch
-        count = p.epoch_images
+        bad = self.loss_watch.drain()
+        if bad:
+            self._non_finite(*bad)
+        self.dist.all_reduce_(self.epoch_stats)  # all processes reach every epoch end
+        loss_sum, correct, count = self.epoch_stats.tolist()  # sync point: once per epoch
         val_loss = val_top1 = val_top5 = None
         if len(self.val_y):
             val_loss, val_top1, val_top5 = self.evaluate(self.val_x, self.val_y)
@@ -520,7 +645,7 @@ class Trainer:
         reason = self.control.stop_reason or "stopped"
         path = self.run_dir / "checkpoints" / "last.pt"
         saved = self._checkpoint(f"stop: {reason}")
-        write_status(self.run_dir, "stopped", step=p.step, reason=reason)
+        self._status("stopped", step=p.step, reason=reason)
         self._emit(ev.RunStopped(step=p.step, epoch=p.epoch, reason=reason, checkpoint=str(path) if saved else ""))
         return RunResult("stopped", self.run_dir, {"step": p.step, "epoch": p.epoch, "checkpoint": saved})
 
@@ -542,10 +667,26 @@ class Trainer:
             "reference_top1": self.config.reference.top1 or None,
             "reference_top5": self.config.reference.top5 or None,
         }
-        write_json_atomic(self.run_dir / "summary.json", summary)
-        write_status(self.run_dir, "finished", step=p.step)
+        if self.dist.enabled:
+            summary["processes"] = self.dist.world_size
+            summary["replicas_identical"] = self._replicas_identical()
+        if self.dist.is_main:
+            write_json_atomic(self.run_dir / "summary.json", summary)
+        self._status("finished", step=p.step)
         self._emit(finished)
         return RunResult("finished", self.run_dir, summary)
+
+
+    def _replicas_identical(self) -> bool:
+        """Whether every process ends with the same weights, as averaged gradients promise."""
+        with torch.no_grad():
+            flat = torch.cat([t.detach().double().flatten() for t in self.model.state_dict().values()
+                              if t.is_floating_point()])
+            checksum = torch.stack([flat.sum(), (flat * flat).sum()]).to(self.device)
+            lowest, highest = checksum.clone(), checksum.clone()
+            self.dist.all_reduce_(lowest, torch.distributed.ReduceOp.MIN)
+            self.dist.all_reduce_(highest, torch.distributed.ReduceOp.MAX)
+            return bool(torch.equal(lowest, highest))
 
 
 class ResumeRefused(ValueError):
