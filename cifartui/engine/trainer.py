@@ -30,6 +30,7 @@ from cifartui.engine import events as ev
 from cifartui.engine.augment import Augmenter, Preprocessor
 from cifartui.engine.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, capture_rng, load_checkpoint,
                                         restore_rng, save_checkpoint)
+from cifartui.engine.control import RunControl
 from cifartui.engine.data import load_dataset, split_validation
 from cifartui.engine.distributed import Distributed
 from cifartui.engine.models import build_model, dropout_rates, summarize
@@ -62,64 +63,6 @@ def resolve_device(name: str) -> torch.device:
                               f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
         return torch.device(name)
     raise DeviceError(f"unknown device '{name}'; expected auto, cpu, cuda or cuda:N")
-
-
-class RunControl:
-    """Thread-safe requests to a running trainer; each takes effect between two steps."""
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._pause_requested = False
-        self._stop_reason: str | None = None
-        self._checkpoint_requested = False
-
-    def pause(self) -> None:
-        with self._condition:
-            self._pause_requested = True
-            self._condition.notify_all()
-
-    def resume(self) -> None:
-        with self._condition:
-            self._pause_requested = False
-            self._condition.notify_all()
-
-    def stop(self, reason: str = "stop requested") -> None:
-        with self._condition:
-            if self._stop_reason is None:
-                self._stop_reason = reason
-            self._condition.notify_all()
-
-    def checkpoint_now(self) -> None:
-        with self._condition:
-            self._checkpoint_requested = True
-            self._condition.notify_all()
-
-    @property
-    def paused(self) -> bool:
-        return self._pause_requested
-
-    @property
-    def stop_reason(self) -> str | None:
-        return self._stop_reason
-
-    def take_checkpoint_request(self) -> bool:
-        with self._condition:
-            requested, self._checkpoint_requested = self._checkpoint_requested, False
-            return requested
-
-    def wait_while_paused(self, on_wake: Callable[[], None]) -> None:
-        """Block without spinning until resumed or stopped; serve checkpoint requests meanwhile."""
-        with self._condition:
-            while self._pause_requested and self._stop_reason is None:
-                if self._checkpoint_requested:
-                    self._checkpoint_requested = False
-                    self._condition.release()
-                    try:
-                        on_wake()
-                    finally:
-                        self._condition.acquire()
-                    continue
-                self._condition.wait()
 
 
 @dataclass(frozen=True)
@@ -667,6 +610,8 @@ class Trainer:
             "reference_top1": self.config.reference.top1 or None,
             "reference_top5": self.config.reference.top5 or None,
         }
+        if self.device.type == "cuda":
+            summary["peak_gpu_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         if self.dist.enabled:
             summary["processes"] = self.dist.world_size
             summary["replicas_identical"] = self._replicas_identical()

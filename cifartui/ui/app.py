@@ -30,9 +30,8 @@ from textual.worker import Worker, WorkerState
 
 from cifartui.config import RunConfig
 from cifartui.engine import events as ev
-from cifartui.engine.checkpoint import CheckpointError
+from cifartui.engine.control import RunControl
 from cifartui.engine.runs import RunDirError, default_runs_dir, list_runs, new_run_dir, read_config, read_status
-from cifartui.engine.trainer import ResumeRefused, RunControl, Trainer, check_resumable
 from cifartui.ui.messages import RunEvent
 from cifartui.ui.screens.compare import CompareScreen
 from cifartui.ui.screens.dialogs import ConfirmScreen, HelpScreen, ResumeOfferScreen
@@ -92,12 +91,12 @@ class CifarTuiApp(App[int]):
     ]
 
     def __init__(self, *, runs_dir: Path | None = None, data_dir: Path | None = None,
-                 trainer_factory: TrainerFactory = Trainer, initial: Iterable[RunConfig] = (),
+                 trainer_factory: TrainerFactory | None = None, initial: Iterable[RunConfig] = (),
                  offer_resume: bool = True) -> None:
         super().__init__()
         self.runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
         self.data_dir = data_dir
-        self.trainer_factory = trainer_factory
+        self._trainer_factory = trainer_factory
         self.initial = list(initial)
         self.offer_resume = offer_resume
         self.handles: dict[str, RunHandle] = {}
@@ -114,7 +113,18 @@ class CifarTuiApp(App[int]):
         yield TabbedContent(id="runs")
         yield Footer()
 
+    @property
+    def trainer_factory(self) -> TrainerFactory:
+        if self._trainer_factory is None:
+            from cifartui.engine.trainer import Trainer  # PyTorch loads after the first screen is up
+
+            self._trainer_factory = Trainer
+        return self._trainer_factory
+
     def on_mount(self) -> None:
+        # Import PyTorch while the user looks at the first screen, so that launching a run
+        # does not wait for it and the screen does not wait for PyTorch.
+        threading.Thread(target=_import_engine, name="cifartui-import-engine", daemon=True).start()
         self._install_signal_handlers()
         self._layout_for(self.size.width, self.size.height)
         for config in self.initial:
@@ -373,6 +383,9 @@ class CifarTuiApp(App[int]):
         if any(h.run_dir == path and h.active for h in self.handles.values()):
             self.notify(f"{path.name} is already training here.", severity="warning")
             return
+        from cifartui.engine.checkpoint import CheckpointError
+        from cifartui.engine.trainer import ResumeRefused, check_resumable
+
         try:
             config = check_resumable(path)
         except ResumeRefused as refusal:
@@ -473,8 +486,12 @@ def _exit_soon(seconds: float) -> None:
     os._exit(0)
 
 
+def _import_engine() -> None:
+    import cifartui.engine.trainer  # noqa: F401
+
+
 def make_app(*, runs_dir: Path | None = None, data_dir: Path | None = None,
-             trainer_factory: TrainerFactory = Trainer, initial: Iterable[RunConfig] = (),
+             trainer_factory: TrainerFactory | None = None, initial: Iterable[RunConfig] = (),
              offer_resume: bool = True) -> CifarTuiApp:
     """The app, with the engine swappable for tests."""
     return CifarTuiApp(runs_dir=runs_dir, data_dir=data_dir, trainer_factory=trainer_factory, initial=initial,

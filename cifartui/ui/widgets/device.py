@@ -6,12 +6,13 @@ import os
 import resource
 import sys
 
-import torch
 from textual.widgets import Static
 
 
 def device_report(device: str) -> str:
     """One or two lines about the device; never raises."""
+    import torch  # here, not at the top: the app paints its first screen before PyTorch loads
+
     try:
         if device.startswith("cuda") and torch.cuda.is_available():
             index = torch.device(device).index or 0

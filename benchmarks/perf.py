@@ -1,0 +1,358 @@
+"""Speed of the engine against a plain PyTorch loop, the app's overhead, first paint, memory.
+
+    python benchmarks/perf.py [--repeat 2] [--json results.json] [--only engine,app,paint,speedrun]
+
+Every measurement runs in its own process (so peak memory is that process's own), and
+the runs that are compared alternate, so a noisy machine slows both sides alike:
+
+1. `cifartui train PRESET --dataset synthetic` against a hand-written loop over the same
+   synthetic images: the same model, batch size, optimizer settings and precision, with
+   the data in a Dataset that yields PIL images (as torchvision's CIFAR10 does), the
+   torchvision transforms the preset's augmentation names, and a standard DataLoader.
+   Images/s counts training steps only, on both sides.
+2. `cifartui train` against `cifartui run` in tmux with the app drawing live charts.
+3. Time from starting `cifartui` in tmux to its first screen.
+4. Peak resident memory of each process, and peak GPU memory on a GPU.
+5. On a GPU, `speedrun-cifar10` on synthetic data of CIFAR-10's shape: seconds per epoch.
+
+Prints a Markdown table; writes the same rows as JSON with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- the plain loop (runs in its own process: `perf.py plain ...`) ---------------------------
+
+def plain_loop(preset: str, device_name: str, workers: int, max_steps: int, epochs: int) -> dict[str, Any]:
+    """A training loop as people write it by hand, on the preset's model and settings."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms
+
+    from cifartui import presets
+    from cifartui.engine.data import load_dataset, split_validation
+    from cifartui.engine.models import build_model
+
+    config = presets.compose(presets.load(preset), dataset="synthetic", epochs=epochs, device=device_name)
+    device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else
+                          device_name if device_name != "auto" else "cpu")
+    torch.manual_seed(config.train.seed)
+    data = load_dataset(config.dataset)
+    train_index, _ = split_validation(len(data.train_labels), config.dataset.val_fraction, config.train.seed)
+    images = data.train_images[train_index].transpose(0, 2, 3, 1)  # HWC, as torchvision keeps CIFAR
+    labels = data.train_labels[train_index]
+
+    steps: list[Any] = []
+    augment = config.augment
+    if augment.crop_padding:
+        steps.append(transforms.RandomCrop(32, padding=augment.crop_padding))
+    if augment.flip:
+        steps.append(transforms.RandomHorizontalFlip())
+    steps.append(transforms.ToTensor())
+    if "standardize" in augment.preprocess:
+        mean = images.reshape(-1, 3).mean(0) / 255.0
+        std = images.reshape(-1, 3).std(0) / 255.0
+        steps.append(transforms.Normalize(mean.tolist(), std.tolist()))
+    transform = transforms.Compose(steps)
+
+    class ArrayDataset(Dataset):
+        def __len__(self) -> int:
+            return len(labels)
+
+        def __getitem__(self, index: int) -> tuple[Any, int]:
+            return transform(Image.fromarray(images[index])), int(labels[index])
+
+    loader = DataLoader(ArrayDataset(), batch_size=config.train.batch_size, shuffle=True, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0, drop_last=False)
+    model = build_model(config.model, data.num_classes).to(device)
+    use_gpu_tricks = device.type == "cuda"
+    if use_gpu_tricks:
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+    opt = config.optimizer
+    if opt.name == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov,
+                                    weight_decay=opt.weight_decay)
+    elif opt.name in ("adam", "adamw"):
+        kind = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
+        optimizer = kind(model.parameters(), lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
+                         weight_decay=opt.weight_decay)
+    else:
+        optimizer = torch.optim.RMSprop(model.parameters(), lr=opt.lr, alpha=opt.alpha, eps=opt.eps,
+                                        momentum=opt.momentum, weight_decay=opt.weight_decay)
+    total_steps = max_steps or epochs * len(loader)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model.train()
+    running = torch.zeros((), device=device)
+    step, seen = 0, 0
+    started = time.perf_counter()
+    while step < total_steps:
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if use_gpu_tricks:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_gpu_tricks):
+                loss = F.cross_entropy(model(x), y, label_smoothing=config.train.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += loss.detach()  # read every 100 steps, not every step
+            step += 1
+            seen += len(y)
+            if step % 100 == 0:
+                running.item()
+            if step >= total_steps:
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    result = {"images_per_s": seen / seconds, "train_seconds": seconds, "steps": step}
+    if device.type == "cuda":
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
+# --- measuring processes -------------------------------------------------------------------
+
+def _run_measured(command: list[str], cwd: Path | None = None) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MiB) and output of a child process."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd, text=True)
+    output = process.stdout.read() if process.stdout else ""
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"{shlex.join(command)} failed with exit code {process.returncode}:\n{output[-3000:]}")
+    peak = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+    return wall, peak, output
+
+
+def _limits(max_steps: int, epochs: int) -> list[str]:
+    return ["--epochs", str(epochs)] + (["--set", f"train.max_steps={max_steps}"] if max_steps else [])
+
+
+def engine_run(preset: str, device: str, max_steps: int, epochs: int, folder: Path) -> dict[str, Any]:
+    summary = folder / f"engine-{uuid.uuid4().hex[:6]}.json"
+    command = [sys.executable, "-m", "cifartui", "train", preset, "--dataset", "synthetic", "--device", device,
+               "--runs-dir", str(folder / "runs"), "--summary-json", str(summary), *_limits(max_steps, epochs)]
+    wall, peak, _ = _run_measured(command)
+    result = json.loads(summary.read_text())
+    return {"images_per_s": result["images_per_s"], "train_seconds": result["train_seconds"], "wall_s": wall,
+            "peak_rss_mib": peak, "steps": result["steps"], "peak_gpu_mib": result.get("peak_gpu_mib")}
+
+
+def plain_run(preset: str, device: str, workers: int, max_steps: int, epochs: int, folder: Path) -> dict[str, Any]:
+    out = folder / f"plain-{uuid.uuid4().hex[:6]}.json"
+    command = [sys.executable, str(Path(__file__).resolve()), "plain", preset, "--device", device,
+               "--workers", str(workers), "--max-steps", str(max_steps), "--epochs", str(epochs), "--out", str(out)]
+    wall, peak, _ = _run_measured(command, cwd=ROOT)
+    result = json.loads(out.read_text())
+    return {**result, "wall_s": wall, "peak_rss_mib": peak}
+
+
+def _tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True).stdout
+
+
+def _tmux_env(folder: Path) -> str:
+    env = {"CIFARTUI_DATA": str(folder / "data"), "CIFARTUI_CONFIG": str(folder / "config"),
+           "TERM": "tmux-256color"}
+    return " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+
+
+def app_run(preset: str, device: str, max_steps: int, epochs: int, folder: Path) -> dict[str, Any]:
+    """`cifartui run PRESET` in a 120x40 tmux window; the run's own summary gives its speed."""
+    runs = folder / f"app-runs-{uuid.uuid4().hex[:6]}"
+    session = f"cifartui-bench-{uuid.uuid4().hex[:8]}"
+    arguments = ["run", preset, "--dataset", "synthetic", "--device", device, "--runs-dir", str(runs),
+                 *_limits(max_steps, epochs)]
+    command = f"exec env {_tmux_env(folder)} {shlex.quote(sys.executable)} -m cifartui {shlex.join(arguments)}"
+    _tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40", f"bash -c {shlex.quote(command)}")
+    try:
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline:
+            summaries = list(runs.glob("*/summary.json"))
+            if summaries:
+                result = json.loads(summaries[0].read_text())
+                return {"images_per_s": result["images_per_s"], "train_seconds": result["train_seconds"]}
+            time.sleep(0.5)
+        raise SystemExit("the app's run did not finish within an hour")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def first_paint(folder: Path) -> float:
+    """Seconds from starting `cifartui` in tmux until its first screen is on the terminal."""
+    session = f"cifartui-paint-{uuid.uuid4().hex[:8]}"
+    command = (f"exec env {_tmux_env(folder)} {shlex.quote(sys.executable)} -m cifartui --runs-dir "
+               f"{shlex.quote(str(folder / 'paint-runs'))}")
+    started = time.perf_counter()
+    _tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40", f"bash -c {shlex.quote(command)}")
+    try:
+        while time.perf_counter() - started < 60:
+            if "No runs yet" in _tmux("capture-pane", "-p", "-t", session):
+                return time.perf_counter() - started
+            time.sleep(0.01)
+        raise SystemExit("the app showed no first screen within 60 s")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+# --- the report ------------------------------------------------------------------------------
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    model = ""
+    try:
+        model = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)  # type: ignore
+    except (OSError, AttributeError):
+        pass
+    text = f"{model or cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plain"]:
+        parser = argparse.ArgumentParser(prog="perf.py plain")
+        parser.add_argument("preset")
+        parser.add_argument("--device", default="cpu")
+        parser.add_argument("--workers", type=int, default=0)
+        parser.add_argument("--max-steps", type=int, default=0)
+        parser.add_argument("--epochs", type=int, default=1)
+        parser.add_argument("--out", type=Path, required=True)
+        args = parser.parse_args(argv[1:])
+        args.out.write_text(json.dumps(plain_loop(args.preset, args.device, args.workers, args.max_steps,
+                                                  args.epochs)))
+        return
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=2, help="alternating repeats of each comparison")
+    parser.add_argument("--only", default="engine,app,paint,speedrun",
+                        help="comma-separated parts: engine, app, paint, speedrun")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args(argv)
+    parts = set(args.only.split(","))
+
+    import torch
+
+    gpu = torch.cuda.is_available()
+    device = "cuda" if gpu else "cpu"
+    workers_options = [4] if gpu else [0, 2]
+    # On two CPU cores a ResNet-18 epoch takes minutes; a fixed number of steps says the same.
+    cases = [("cnn3-cifar10", 0, 1), ("resnet18-cifar10", 0 if gpu else 20, 1)]
+    if gpu:
+        cases = [(preset, 0, 2) for preset, _, _ in cases]
+    rows: list[dict[str, Any]] = []
+
+    def add(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(f"  {row['measure']}: {row['value']}", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
+        if "engine" in parts:
+            for preset, max_steps, epochs in cases:
+                engine, plain = [], {w: [] for w in workers_options}
+                for _ in range(args.repeat):
+                    engine.append(engine_run(preset, device, max_steps, epochs, folder))
+                    for w in workers_options:
+                        plain[w].append(plain_run(preset, device, w, max_steps, epochs, folder))
+                engine_rate = statistics.median(r["images_per_s"] for r in engine)
+                add({"measure": f"{preset}: engine images/s", "value": f"{engine_rate:,.0f}",
+                     "raw": engine})
+                for w in workers_options:
+                    rate = statistics.median(r["images_per_s"] for r in plain[w])
+                    add({"measure": f"{preset}: plain loop, DataLoader {w} workers, images/s",
+                         "value": f"{rate:,.0f} (engine {engine_rate / rate:.2f}x)", "ratio": engine_rate / rate,
+                         "raw": plain[w]})
+                add({"measure": f"{preset}: peak RSS engine / plain",
+                     "value": f"{max(r['peak_rss_mib'] for r in engine):,.0f} / "
+                              f"{max(r['peak_rss_mib'] for w in workers_options for r in plain[w]):,.0f} MiB"})
+                if gpu:
+                    add({"measure": f"{preset}: peak GPU memory engine / plain",
+                         "value": f"{max(r['peak_gpu_mib'] for r in engine):,.0f} / "
+                                  f"{max(r['peak_gpu_mib'] for w in workers_options for r in plain[w]):,.0f} MiB"})
+        if "app" in parts:
+            if not shutil.which("tmux"):
+                add({"measure": "app overhead", "value": "not measured: tmux is not installed"})
+            else:
+                preset, max_steps, epochs = ("cnn3-cifar10", 0, 2) if not gpu else ("resnet18-cifar10", 0, 2)
+                headless, attached = [], []
+                for _ in range(args.repeat):
+                    headless.append(engine_run(preset, device, max_steps, epochs, folder))
+                    attached.append(app_run(preset, device, max_steps, epochs, folder))
+                h = statistics.median(r["images_per_s"] for r in headless)
+                a = statistics.median(r["images_per_s"] for r in attached)
+                add({"measure": f"{preset}: headless / app attached images/s",
+                     "value": f"{h:,.0f} / {a:,.0f} (overhead {100 * (h - a) / h:+.1f}%)",
+                     "overhead_percent": 100 * (h - a) / h, "raw": {"headless": headless, "app": attached}})
+        if "paint" in parts:
+            if not shutil.which("tmux"):
+                add({"measure": "first screen", "value": "not measured: tmux is not installed"})
+            else:
+                first_paint(folder)  # warm the file cache once
+                times = [first_paint(folder) for _ in range(5)]
+                add({"measure": "`cifartui` to first screen (median of 5)",
+                     "value": f"{statistics.median(times):.2f} s (max {max(times):.2f} s)", "raw": times})
+        if "speedrun" in parts:
+            if not gpu:
+                add({"measure": "speedrun-cifar10 seconds per epoch", "value": "not measured: no GPU here"})
+            else:
+                runs = [engine_run_full("speedrun-cifar10", device, folder) for _ in range(args.repeat)]
+                best = min(runs, key=lambda r: r["train_seconds"])
+                add({"measure": "speedrun-cifar10 (synthetic CIFAR-10 shape): training seconds / epochs",
+                     "value": f"{best['train_seconds']:.2f} s / {best['epochs']} epochs "
+                              f"({best['train_seconds'] / best['epochs']:.2f} s per epoch)", "raw": runs})
+
+    print(f"Machine: {machine()}")
+    print()
+    print("| measure | value |")
+    print("| --- | --- |")
+    for row in rows:
+        print(f"| {row['measure']} | {row['value']} |")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+
+
+def engine_run_full(preset: str, device: str, folder: Path) -> dict[str, Any]:
+    """The preset as written (its own epochs), on synthetic data of the real set's shape."""
+    summary = folder / f"full-{uuid.uuid4().hex[:6]}.json"
+    command = [sys.executable, "-m", "cifartui", "train", preset, "--dataset", "synthetic",
+               "--set", "dataset.train_size=50000", "--set", "dataset.test_size=10000", "--device", device,
+               "--runs-dir", str(folder / "runs"), "--summary-json", str(summary)]
+    wall, peak, _ = _run_measured(command)
+    result = json.loads(summary.read_text())
+    return {"train_seconds": result["train_seconds"], "epochs": result["epochs"], "wall_s": wall,
+            "peak_rss_mib": peak, "test_top1": result["test_top1"]}
+
+
+if __name__ == "__main__":
+    main()
