@@ -188,6 +188,10 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = setting(
         "auto", "Arithmetic of the forward pass: auto is bf16 autocast on a GPU and fp32 on the CPU.")
     compile: bool = setting(False, "Compile the model with torch.compile (slow first steps, faster after).")
+    lookahead_every: int = setting(
+        0, "Lookahead: every this many steps, move a slow copy of the weights toward the trained ones and "
+        "restart from it (its pull fades in cubically over the run; 0 = off).", low=0)
+    test_time_flip: bool = setting(False, "Evaluate on each image and its mirror image, averaging the logits.")
     log_every: int = setting(10, "Emit step metrics at most every this many steps.", low=1)
     checkpoint_minutes: float = setting(
         10.0, "Also write checkpoints/last.pt mid-epoch at this interval (0 = epoch ends only).", low=0.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -320,3 +321,39 @@ def test_layout_adapts_to_the_terminal(tmp_path: Path, size: tuple[int, int]) ->
             assert loss.region.y == accuracy.region.y
             assert loss.region.bottom <= size[1]  # the charts are on the first screen
     run(scenario())
+
+
+def test_runs_left_on_auto_spread_across_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from cifartui.ui import app as app_module
+    from cifartui.ui.app import spread_across_gpus
+
+    placed: list[str] = []
+
+    class HoldingTrainer:
+        """Records where the app put the run and trains until stopped."""
+
+        def __init__(self, config, run_dir, *, control=None, **_):  # noqa: ANN001
+            placed.append(config.train.device)
+            self.control = control
+
+        def run(self):  # noqa: ANN202
+            while self.control.stop_reason is None:
+                time.sleep(0.01)
+
+    monkeypatch.setattr(app_module, "gpu_count", lambda: 2)
+    auto = app_config(device="auto")
+    pinned = app_config(device="cuda:1")
+
+    async def scenario() -> None:
+        app = make_app(runs_dir=tmp_path / "runs", offer_resume=False, trainer_factory=HoldingTrainer,
+                       initial=[auto, pinned, auto, auto])
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: len(placed) == 4)
+            for handle in app.handles.values():
+                handle.control.stop("test over")
+    run(scenario())
+    assert placed == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]  # the fewest active runs, lowest index first
+    assert spread_across_gpus(auto, [], 1) is auto  # one GPU or none: nothing to choose
+    assert spread_across_gpus(dataclasses.replace(auto), ["cuda"], 2).train.device == "cuda:1"

@@ -107,3 +107,18 @@ def test_changing_dropout_rates_does_not_recompile_a_compiled_model() -> None:
         compiled(x)
     assert after_first >= 1 and len(compiled_graphs) == after_first
     assert [round(r, 6) for r in dropout_rates(model).values()][-1] == 0.5
+
+
+def test_whitening_layer_whitens_the_patches_it_was_fitted_on() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="speedrun-net"), 10)
+    base = torch.rand(64, 3, 16, 16)
+    images = torch.nn.functional.interpolate(base, size=32, mode="bilinear")  # correlated neighbours
+    model.init_from_data(images, epsilon=0.0)
+    whiten = model[0]
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(images, whiten.weight[:12])  # the 12 positive filters
+    flat = out.transpose(0, 1).reshape(12, -1).double()
+    covariance = torch.cov(flat)
+    assert torch.allclose(covariance, torch.eye(12, dtype=torch.float64), atol=1e-3)
+    assert not whiten.weight.requires_grad

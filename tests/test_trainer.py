@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifartui.config import DropoutEvent, ScheduleConfig
+from cifartui.config import DropoutEvent, ModelConfig, ScheduleConfig
 from cifartui.engine import events as ev
 from cifartui.engine import trainer as trainer_module
 from cifartui.engine.checkpoint import load_checkpoint
@@ -174,7 +174,7 @@ def _assert_identical(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize("stop_at", [5, 8, 13])  # mid-epoch, at an epoch boundary (8 steps/epoch), mid-epoch
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, stop_at: int) -> None:
-    base = tiny_config(epochs=3)
+    base = tiny_config(epochs=3, lookahead_every=3)  # lookahead's slow weights must survive the stop too
     config = dataclasses.replace(
         base, optimizer=dataclasses.replace(base.optimizer, schedule=ScheduleConfig(name="cosine", warmup=1)),
         dropout_schedule=(DropoutEvent(at=14, action="multiply", factor=2.0, scope="all"),))
@@ -230,3 +230,12 @@ def test_a_step_with_non_finite_loss_leaves_weights_and_optimizer_state_alone(na
 def test_bf16_autocast_trains_on_the_cpu(tmp_path: Path) -> None:
     result = Trainer(tiny_config(epochs=1, precision="bf16"), tmp_path / "run").run()
     assert result.status == "finished" and math.isfinite(result.summary["test_loss"])
+
+
+def test_lookahead_and_mirror_evaluation_train_the_speedrun_net(tmp_path: Path) -> None:
+    config = dataclasses.replace(tiny_config(epochs=2, lookahead_every=2, test_time_flip=True, label_smoothing=0.2),
+                                 model=ModelConfig(name="speedrun-net"))
+    result = Trainer(config, tmp_path / "run").run()
+    assert result.status == "finished" and math.isfinite(result.summary["test_loss"])
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert len(state["lookahead_slow"]) > 0

@@ -336,6 +336,65 @@ def _resnet(block: type, blocks: tuple[int, ...], cifar: bool) -> Callable[[Mode
     return build
 
 
+class _FrozenScaleBatchNorm(nn.BatchNorm2d):
+    """BatchNorm with its scale fixed at 1 and only the shift learned, fast-moving statistics."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, eps=1e-12, momentum=0.4)
+        self.weight.requires_grad_(False)
+
+
+class _ConvGroup(nn.Sequential):
+    def __init__(self, cin: int, cout: int):
+        first, second = nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        for conv in (first, second):  # start near identity on the channels that carry over
+            nn.init.dirac_(conv.weight.data[:conv.in_channels])
+        super().__init__(first, nn.MaxPool2d(2), _FrozenScaleBatchNorm(cout), nn.GELU(),
+                         second, _FrozenScaleBatchNorm(cout), nn.GELU())
+
+
+class _Scale(nn.Module):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+class WhitenedConvNet(nn.Sequential):
+    """Patch-whitened fast CIFAR net (64/256/256 widths), after Page's and Jordan's speed records.
+
+    The first layer is a fixed 2x2 convolution whose filters whiten the training set's
+    image patches (the eigenvectors of their covariance, in both signs);
+    `init_from_data` sets them from training images before the first step.
+    """
+
+    def __init__(self, num_classes: int, widths: tuple[int, int, int] = (64, 256, 256)):
+        whiten = nn.Conv2d(3, 24, 2, bias=True)
+        whiten.weight.requires_grad_(False)
+        super().__init__(whiten, nn.GELU(), _ConvGroup(24, widths[0]), _ConvGroup(widths[0], widths[1]),
+                         _ConvGroup(widths[1], widths[2]), nn.MaxPool2d(3), nn.Flatten(),
+                         nn.Linear(widths[2], num_classes, bias=False), _Scale(1 / 9))
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor, epsilon: float = 5e-4) -> None:
+        """Whitening filters from the 2x2 patches of (preprocessed) training images."""
+        patches = images.float().unfold(2, 2, 1).unfold(3, 2, 1)  # N, C, H-1, W-1, 2, 2
+        patches = patches.transpose(1, 3).reshape(-1, 3 * 2 * 2).double()
+        patches = patches - patches.mean(0)
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues[:, None] + epsilon)).reshape(12, 3, 2, 2)
+        whiten = self[0]
+        whiten.weight.copy_(torch.cat([filters, -filters]).to(whiten.weight))
+
+
+def speedrun_net(config: ModelConfig, num_classes: int) -> nn.Module:
+    """Patch-whitened 64/256/256 GELU net for fast CIFAR-10 training (speedrun-cifar10)."""
+    return WhitenedConvNet(num_classes)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     build: Callable[[ModelConfig, int], nn.Module]
@@ -359,6 +418,7 @@ MODELS: dict[str, ModelSpec] = {
     "resnet20": ModelSpec(_resnet(BasicBlock, (3, 3, 3), cifar=True)),
     "resnet56": ModelSpec(_resnet(BasicBlock, (9, 9, 9), cifar=True)),
     "resnet110": ModelSpec(_resnet(BasicBlock, (18, 18, 18), cifar=True)),
+    "speedrun-net": ModelSpec(speedrun_net),
 }
 
 

@@ -242,6 +242,8 @@ class Trainer:
         self.augment = Augmenter(config.augment)
 
         self.model = build_model(config.model, dataset.num_classes).to(self.device)
+        if hasattr(self.model, "init_from_data"):  # layers set from the data, such as patch whitening
+            self.model.init_from_data(self.preprocess(self.train_x[:5000]))
         self.summary = summarize(self.model, config.model.name)
         # channels_last lets cuDNN use its NHWC convolution kernels (tensor cores under bf16).
         self.channels_last = self.device.type == "cuda"
@@ -271,7 +273,20 @@ class Trainer:
         # loss sum, correct, images: summed on the device, read once per epoch
         self.epoch_stats = torch.zeros(3, dtype=torch.float64, device=self.device)
         self.loss_watch = _LossWatch(self.device)
+        self.lookahead_slow: list[torch.Tensor] = []
+        if config.train.lookahead_every:
+            self.lookahead_slow = [t.detach().clone() for t in self._float_state()]
         self.current_lr = self.lr_schedule.lr_at(0)
+
+    def _float_state(self) -> list[torch.Tensor]:
+        """The model's float parameters and buffers, as tensors that share their storage."""
+        return [t for t in self.model.state_dict().values() if t.is_floating_point()]
+
+    def _lookahead(self, decay: float) -> None:
+        """Pull the slow weights toward the fast ones by 1 - decay, then restart the fast from them."""
+        fast = self._float_state()
+        torch._foreach_lerp_(self.lookahead_slow, fast, 1.0 - decay)
+        torch._foreach_copy_(fast, self.lookahead_slow)
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -290,6 +305,7 @@ class Trainer:
                          "train_seconds": p.train_seconds, "train_images": p.train_images},
             "order": self.order.cpu(),
             "epoch_stats": self.epoch_stats.cpu(),
+            "lookahead_slow": [t.cpu() for t in self.lookahead_slow],
             "rng": capture_rng(),
             "order_generator": self.order_generator.get_state(),
             "augment_generator": self.augment_generator.get_state(),
@@ -307,6 +323,8 @@ class Trainer:
         if len(stats) == 2:
             stats = torch.cat([stats, stats.new_tensor([epoch_images])])
         self.epoch_stats = stats
+        if self.lookahead_slow and state.get("lookahead_slow"):
+            self.lookahead_slow = [t.to(self.device) for t in state["lookahead_slow"]]
         restore_rng(state["rng"])
         self.order_generator.set_state(state["order_generator"])
         if self.dist.is_main:
@@ -462,6 +480,9 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     step_unless(self.optimizer, found_inf)
+                    every = config.train.lookahead_every
+                    if every and (p.step + 1) % every == 0:
+                        self._lookahead(0.95 ** every * ((p.step + 1) / self.total_steps) ** 3)
                 except torch.OutOfMemoryError as error:
                     if self.dist.enabled:
                         raise  # the other processes wait in a collective: the job cannot skip a step
@@ -575,7 +596,12 @@ class Trainer:
         for start in range(0, len(labels), self.config.train.eval_batch_size):
             x = self.preprocess(images[start:start + self.config.train.eval_batch_size])
             y = labels[start:start + self.config.train.eval_batch_size]
-            logits = self.model(x)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                logits = self.model(x).float()
+                if self.config.train.test_time_flip:
+                    logits = (logits + self.model(x.flip(3)).float()) / 2
             top = logits.topk(k, dim=1).indices
             totals += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
                                    (top[:, 0] == y).sum().double(), (top == y[:, None]).any(1).sum().double()])
@@ -595,6 +621,8 @@ class Trainer:
     def _finish(self) -> RunResult:
         p = self.progress
         self._clock_stop()
+        if self.lookahead_slow:
+            self._lookahead(1.0)  # end on the slow weights
         test_loss, test_top1, test_top5 = self.evaluate(self.test_x, self.test_y)
         rate = p.train_images / p.train_seconds if p.train_seconds else 0.0
         finished = ev.RunFinished(

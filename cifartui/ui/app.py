@@ -28,7 +28,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
-from cifartui.config import RunConfig
+from cifartui.config import RunConfig, replace_path
 from cifartui.engine import events as ev
 from cifartui.engine.control import RunControl
 from cifartui.engine.runs import RunDirError, default_runs_dir, list_runs, new_run_dir, read_config, read_status
@@ -184,6 +184,8 @@ class CifarTuiApp(App[int]):
 
     def launch(self, config: RunConfig, *, run_dir: Path | None = None, resume: bool = False) -> RunHandle:
         """Start training `config` in a background thread, in a new tab."""
+        busy = [h.config.train.device for h in self.handles.values() if h.active and h.config is not None]
+        config = spread_across_gpus(config, busy, gpu_count())
         run_dir = run_dir or new_run_dir(self.runs_dir, config.name)
         handle = RunHandle(self._new_id(), run_dir, config, RunControl())
         self.handles[handle.run_id] = handle
@@ -484,6 +486,26 @@ class CifarTuiApp(App[int]):
 def _exit_soon(seconds: float) -> None:
     time.sleep(seconds)
     os._exit(0)
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def spread_across_gpus(config: RunConfig, busy_devices: list[str], gpus: int) -> RunConfig:
+    """A run left on `auto` goes to the GPU with the fewest active runs when there are several."""
+    if config.train.device != "auto" or gpus < 2:
+        return config
+    load = {index: 0 for index in range(gpus)}
+    for device in busy_devices:
+        if device == "cuda":
+            device = "cuda:0"
+        if device.startswith("cuda:") and device[5:].isdigit() and int(device[5:]) in load:
+            load[int(device[5:])] += 1
+    chosen = min(load, key=lambda index: (load[index], index))
+    return replace_path(config, "train.device", f"cuda:{chosen}", "device")
 
 
 def _import_engine() -> None:
