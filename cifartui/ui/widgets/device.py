@@ -37,13 +37,17 @@ class DevicePanel(Static):
     def __init__(self, device: str = "cpu", *, id: str | None = None) -> None:
         super().__init__("", id=id)
         self.device = device
+        self._shown = ""
 
     def on_mount(self) -> None:
         self.update_report()
         self.set_interval(3.0, self.refresh_if_shown)
 
     def update_report(self) -> None:
-        self.update(device_report(self.device))
+        report = device_report(self.device)
+        if report != self._shown:
+            self._shown = report
+            self.update(report, layout=False)  # one row, fixed in app.tcss
 
     def refresh_if_shown(self) -> None:
         if self.is_on_screen:  # a panel in a hidden tab need not ask the driver

@@ -68,6 +68,7 @@ class RunPanel(VerticalScroll):
         self.dropout_note = ""
         self._dirty = False
         self._ready = False
+        self._shown_text: dict[str, object] = {}
         self._early: list[ev.Event] = []  # events that arrived before the widgets were mounted
 
     def compose(self) -> ComposeResult:
@@ -96,8 +97,10 @@ class RunPanel(VerticalScroll):
             "epoch", "train loss", "train top-1", "val loss", "val top-1", "val top-5", "lr", "time")
         self.query_one("#dropout-table", DataTable).add_columns("layer", "rate")
         self.query_one("#alert", Static).display = False
-        # The screen is redrawn at a bounded rate, whatever the event rate.
-        self.set_interval(0.5, self.redraw)
+        # The screen is redrawn at a bounded rate, whatever the event rate: the status line
+        # twice a second, charts and sparklines (the costly part to render) once a second.
+        self.set_interval(0.5, self.redraw_status)
+        self.set_interval(1.0, self.redraw_charts)
         self._ready = True
         for event in self._early:
             self.apply(event)
@@ -174,7 +177,7 @@ class RunPanel(VerticalScroll):
 
     def _on_LRChanged(self, event: ev.LRChanged) -> None:
         self._log(event.time, f"step {event.step}: learning rate {event.old:.4g} → {event.new:.4g} ({event.reason})", "yellow")
-        self.lr_note = f"  [yellow]changed at step {event.step:,}[/]"
+        self.lr_note = f"  [yellow]since step {event.step:,}[/]"
 
     def _on_DropoutChanged(self, event: ev.DropoutChanged) -> None:
         changed = [k for k, v in event.new.items() if event.old.get(k) != v]
@@ -183,7 +186,7 @@ class RunPanel(VerticalScroll):
         self._log(event.time, f"step {event.step}: dropout changed on {len(changed)} layers "
                   f"(mean {sum(event.old.values()) / max(len(event.old), 1):.3f} → "
                   f"{sum(event.new.values()) / max(len(event.new), 1):.3f})", "yellow")
-        self.dropout_note = f"  [yellow]changed at step {event.step:,}[/]"
+        self.dropout_note = f"  [yellow]since step {event.step:,}[/]"
 
     def _on_CheckpointSaved(self, event: ev.CheckpointSaved) -> None:
         name = event.path.rsplit("/", 1)[-1]
@@ -270,22 +273,43 @@ class RunPanel(VerticalScroll):
             line.append(f"  {self.images_per_s:,.0f} img/s  ETA {_duration(self.eta_s)}")
         if self.finished:
             line.append(f"  test top-1 {self.finished.test_top1:.2f}%", style="bold")
-        self.query_one("#status-line", Static).update(line)
+        self._set_text("#status-line", line)
         bar = self.query_one("#progress", ProgressBar)
         bar.update(total=max(self.total_steps, 1), progress=self.step)
 
+    def _set_text(self, selector: str, content: str | Text) -> None:
+        """Update a one-line label only when its text changes, without a layout pass.
+
+        These labels have a fixed height of one row (app.tcss), so their size never
+        changes; a layout pass of the whole screen per update cost tens of
+        milliseconds of the process's CPU, which training threads then wait for.
+        """
+        if self._shown_text.get(selector) != content:
+            self._shown_text[selector] = content
+            self.query_one(selector, Static).update(content, layout=False)
+
     def redraw(self) -> None:
-        # Panels in hidden tabs wait: they stay dirty and catch up when shown.
+        """Bring everything on screen up to date (on mount, and when the tab is shown)."""
+        self.redraw_status()
+        self.redraw_charts()
+
+    def redraw_charts(self) -> None:
+        if not self.is_on_screen:  # panels in hidden tabs wait and catch up when shown
+            return
+        for selector, history in (("#lr-spark", self.lr_history), ("#dropout-spark", self.dropout_history)):
+            data = list(history.last(SPARK_POINTS))
+            if data != self._shown_text.get(selector):
+                self._shown_text[selector] = data
+                self.query_one(selector, Sparkline).data = data
+        for chart in self.query(MetricChart):
+            chart.redraw()  # only those with new points
+
+    def redraw_status(self) -> None:
         if not self._dirty or not self.is_on_screen:
             return
         self._dirty = False
         self._render_status()
-        self.query_one("#lr-spark", Sparkline).data = list(self.lr_history.last(SPARK_POINTS))
-        self.query_one("#dropout-spark", Sparkline).data = list(self.dropout_history.last(SPARK_POINTS))
         if self.lr_history.ys:
-            self.query_one("#lr-label", Static).update(f"learning rate {self.lr_history.ys[-1]:.4g}{self.lr_note}")
+            self._set_text("#lr-label", f"learning rate {self.lr_history.ys[-1]:.4g}{self.lr_note}")
         if self.dropout_history.ys:
-            self.query_one("#dropout-label", Static).update(
-                f"dropout, mean rate {self.dropout_history.ys[-1]:.3f}{self.dropout_note}")
-        for chart in self.query(MetricChart):
-            chart.redraw()
+            self._set_text("#dropout-label", f"dropout mean {self.dropout_history.ys[-1]:.3f}{self.dropout_note}")
