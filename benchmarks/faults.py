@@ -201,7 +201,7 @@ def soak(minutes: float) -> dict:
             "every_run_advanced_every_sample": all(s["all_advanced"] for s in samples),
             "key_latency_ms_median": statistics.median(latencies), "key_latency_ms_max": max(latencies),
             "rss_mib_after_1_min": early, "rss_mib_end": rss[-1], "rss_mib_max": max(rss),
-            "total_steps": samples[-1]["steps"]}
+            "total_steps": samples[-1]["steps"], "samples_detail": samples}
 
 
 def main() -> None:

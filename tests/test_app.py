@@ -357,3 +357,79 @@ def test_runs_left_on_auto_spread_across_gpus(tmp_path: Path, monkeypatch: pytes
     assert placed == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]  # the fewest active runs, lowest index first
     assert spread_across_gpus(auto, [], 1) is auto  # one GPU or none: nothing to choose
     assert spread_across_gpus(dataclasses.replace(auto), ["cuda"], 2).train.device == "cuda:1"
+
+
+def _trained_run(tmp_path: Path, **dataset: object) -> Path:
+    import dataclasses
+
+    from cifartui.engine.trainer import Trainer
+    from tests.conftest import tiny_config
+
+    config = tiny_config(epochs=1)
+    if dataset:
+        config = dataclasses.replace(config, dataset=dataclasses.replace(config.dataset, **dataset))
+    run_dir = tmp_path / "runs" / "20260101-000000-tiny"
+    Trainer(config, run_dir, data_dir=tmp_path / "data").run()
+    return run_dir
+
+
+def test_inspect_view_shows_heatmap_per_class_table_mistakes_and_summary(tmp_path: Path) -> None:
+    from textual.widgets import Static
+
+    from cifartui.ui.screens.inspect import InspectScreen
+
+    run_dir = _trained_run(tmp_path)
+
+    async def scenario() -> None:
+        app = make_app(runs_dir=tmp_path / "runs", offer_resume=False)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.press("h")
+            await pilot.press("i")  # from history, on the only run
+            screen = app.screen
+            assert isinstance(screen, InspectScreen)
+            await wait_for(pilot, lambda: screen.result is not None, timeout=60)
+            result = screen.result
+            assert int(result.confusion.sum()) == 100  # the tiny run's test images
+            heat = str(screen.query_one("#heatmap", Static).render())
+            assert "class_00" in heat and f"{result.confusion[0, 0]}" in heat
+            table = screen.query_one("#per-class", DataTable)
+            assert table.row_count == 10
+            accuracies = [table.get_row_at(i)[2] for i in range(table.row_count)]
+            assert accuracies == sorted(accuracies)  # worst first
+            mistakes = screen.query(".mistake")
+            wrong = int((result.predictions != result.labels).sum())
+            assert len(mistakes) == min(12, wrong)
+            assert "▀" in str(mistakes.first().render())
+            assert "parameters" in str(screen.summary_table.title) and screen.summary_table.row_count > 5
+            await pilot.press("escape")
+            assert not isinstance(app.screen, InspectScreen)
+    run(scenario())
+
+
+def test_inspect_view_of_cifar100_groups_into_superclasses_and_zooms(tmp_path: Path) -> None:
+    from textual.widgets import Select, Static
+
+    from cifartui.ui.screens.inspect import InspectScreen
+    from tests.conftest import make_cifar_folder
+
+    make_cifar_folder(tmp_path / "data", "cifar100", per_file=1000)  # every class in the files
+    run_dir = _trained_run(tmp_path, name="cifar100", classes=100, val_fraction=0.0)
+
+    async def scenario() -> None:
+        app = make_app(runs_dir=tmp_path / "runs", data_dir=tmp_path / "data", offer_resume=False)
+        async with app.run_test(size=(100, 30)) as pilot:
+            app.inspect_run(run_dir)
+            await pilot.pause()
+            screen = app.screen
+            assert isinstance(screen, InspectScreen)
+            await wait_for(pilot, lambda: screen.result is not None, timeout=60)
+            assert screen.result.superclass_confusion().shape == (20, 20)
+            heat = str(screen.query_one("#heatmap", Static).render())
+            assert "aquatic_mamm" in heat and "vehicles_2" in heat  # 20 superclass rows
+            screen.query_one("#confusion-view", Select).value = "0"  # zoom into aquatic mammals
+            await pilot.pause()
+            heat = str(screen.query_one("#heatmap", Static).render())
+            rows = heat.splitlines()[1:]
+            assert len(rows) == 5 and rows[0].startswith("apple") and rows[4].startswith("beaver")  # classes 0-4
+            assert screen.query_one("#per-class", DataTable).row_count == 100
+    run(scenario())

@@ -146,3 +146,10 @@ def test_cnn3_trains_and_tests_on_a_standard_cifar10_folder(tmp_path: Path) -> N
     events = [json.loads(line) for line in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     started = next(e for e in events if e["event"] == "RunStarted")
     assert (started["train_size"], started["val_size"], started["test_size"]) == (160, 40, 40)
+
+
+def test_cifar100_knows_each_class_superclass_from_the_files(tmp_path: Path) -> None:
+    make_cifar_folder(tmp_path, "cifar100", per_file=2000)  # the builder files class c under c // 5
+    dataset = load_dataset(DatasetConfig(name="cifar100"), tmp_path)
+    assert dataset.superclass_of == tuple(c // 5 for c in range(100))
+    assert load_dataset(DatasetConfig(name="cifar100", labels="coarse"), tmp_path).superclass_of == ()

@@ -1,4 +1,4 @@
-"""Presets ship inside the wheel, so a plain (non-editable) install finds them."""
+"""A plain (non-editable) install has every module, the app's stylesheet and every preset."""
 
 import os
 import subprocess
@@ -19,10 +19,12 @@ def test_wheel_install_finds_every_preset(tmp_path: Path) -> None:
     assert sources, "no preset files in the source tree"
     missing = [p for p in sources if f"cifartui/preset_files/{p.relative_to(ROOT / 'presets').as_posix()}" not in names]
     assert not missing
+    package_files = [p for p in (ROOT / "cifartui").rglob("*") if p.suffix in (".py", ".tcss")]
+    assert [p for p in package_files if p.relative_to(ROOT).as_posix() not in names] == []
 
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
-    code = ("import cifartui, cifartui.presets as p; print(cifartui.__file__); "
+    code = ("import cifartui, cifartui.presets as p, cifartui.ui.app, cifartui.cli; print(cifartui.__file__); "
             "print(len(p.available()), sum(len(p.available(k)) for k in ('dataset','model','optimizer','augment')))")
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,

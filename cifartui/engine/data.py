@@ -95,6 +95,7 @@ class Dataset:
     test_labels: np.ndarray
     class_names: tuple[str, ...]
     superclass_names: tuple[str, ...] = ()
+    superclass_of: tuple[int, ...] = ()  # CIFAR-100 fine labels: the superclass of each class
 
     @property
     def num_classes(self) -> int:
@@ -157,8 +158,15 @@ def _unpickle(path: Path) -> dict[str, Any]:
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in content.items()}
 
 
-def _read_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_batch(path: Path, label_key: str, num_classes: int, *,
+                coarse_into: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of one batch file; CIFAR-100's coarse labels too, into `coarse_into`."""
     batch = _unpickle(path)
+    if coarse_into is not None and "coarse_labels" in batch:
+        try:
+            coarse_into.append(np.asarray(batch["coarse_labels"], dtype=np.int64).reshape(-1))
+        except (TypeError, ValueError):
+            pass  # superclass views are then left out; training does not need them
     for key in ("data", label_key):
         if key not in batch:
             raise DataError(f"{path}: no '{key}' entry (keys: {', '.join(sorted(batch))})")
@@ -201,11 +209,29 @@ def read_cifar_folder(name: str, folder: Path, *, coarse: bool = False) -> Datas
         fine = _read_names(folder / archive.meta_file, "fine_label_names", CIFAR100_CLASSES)
         supers = _read_names(folder / archive.meta_file, "coarse_label_names", CIFAR100_SUPERCLASSES)
         classes = supers if coarse else fine
-    parts = [_read_batch(folder / f, label_key, len(classes)) for f in archive.train_files]
+    coarse_labels: list[np.ndarray] | None = [] if name == "cifar100" and not coarse else None
+    parts = [_read_batch(folder / f, label_key, len(classes), coarse_into=coarse_labels) for f in archive.train_files]
     train_images = np.concatenate([p[0] for p in parts])
     train_labels = np.concatenate([p[1] for p in parts])
-    test_images, test_labels = _read_batch(folder / archive.test_file, label_key, len(classes))
-    return Dataset(name, train_images, train_labels, test_images, test_labels, classes, supers)
+    test_images, test_labels = _read_batch(folder / archive.test_file, label_key, len(classes),
+                                           coarse_into=coarse_labels)
+    superclass_of: tuple[int, ...] = ()
+    if coarse_labels is not None and len(coarse_labels) == len(archive.train_files) + 1:
+        superclass_of = _superclass_of(np.concatenate([train_labels, test_labels]), np.concatenate(coarse_labels),
+                                       len(classes), len(supers))
+    return Dataset(name, train_images, train_labels, test_images, test_labels, classes, supers, superclass_of)
+
+
+def _superclass_of(fine: np.ndarray, coarse: np.ndarray, classes: int, superclasses: int) -> tuple[int, ...]:
+    """Each fine class's superclass, from the coarse labels stored beside the fine ones."""
+    if len(coarse) != len(fine) or (len(coarse) and (coarse.min() < 0 or coarse.max() >= superclasses)):
+        return ()
+    mapping = [-1] * classes
+    for fine_label, coarse_label in zip(fine.tolist(), coarse.tolist()):
+        if mapping[fine_label] not in (-1, coarse_label):
+            return ()  # one class in two superclasses: not the standard labelling
+        mapping[fine_label] = coarse_label
+    return tuple(mapping) if -1 not in mapping else ()
 
 
 OFFLINE_HELP = """\

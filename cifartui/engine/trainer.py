@@ -622,7 +622,9 @@ class Trainer:
         p = self.progress
         self._clock_stop()
         if self.lookahead_slow:
-            self._lookahead(1.0)  # end on the slow weights
+            self._lookahead(1.0)  # end on the slow weights, and keep them as the last checkpoint
+            self._checkpoint("finished")
+            self._clock_stop()
         test_loss, test_top1, test_top5 = self.evaluate(self.test_x, self.test_y)
         rate = p.train_images / p.train_seconds if p.train_seconds else 0.0
         finished = ev.RunFinished(

@@ -44,6 +44,7 @@ HELP_TEXT = """\
   [b]c[/b]   write a checkpoint of the focused run now
   [b]h[/b]   history: browse, open, follow, resume and compare runs
   [b]v[/b]   compare runs (live and finished) on one chart
+  [b]i[/b]   inspect the focused run: confusion matrix, accuracy per class, mistakes
   [b]w[/b]   close the focused tab (asks if the run is active)
   [b]?[/b]   this help
   [b]q[/b]   quit (asks when runs are active; each one writes a checkpoint)

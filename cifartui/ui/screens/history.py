@@ -23,6 +23,7 @@ class HistoryScreen(Screen[None]):
         Binding("f", "follow", "Follow live"),
         Binding("r", "resume", "Resume"),
         Binding("a", "add_to_comparison", "Add to comparison"),
+        Binding("i", "inspect", "Inspect"),
         Binding("v", "app.compare", "Compare"),
         Binding("g", "reload", "Reload"),
     ]
@@ -79,6 +80,10 @@ class HistoryScreen(Screen[None]):
     def action_follow(self) -> None:
         if (path := self._selected()) is not None:
             self.app.open_run_view(path, follow=True)
+
+    def action_inspect(self) -> None:
+        if (path := self._selected()) is not None:
+            self.app.inspect_run(path)
 
     def action_resume(self) -> None:
         if (path := self._selected()) is not None:

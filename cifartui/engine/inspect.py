@@ -1,0 +1,200 @@
+"""What a trained model gets right and wrong on the test set, and predictions for new images.
+
+`inspect_run` loads a run's checkpoint (best or last), rebuilds the test split and the
+preprocessing exactly as training did, and returns plain data: the confusion matrix
+(rows = true class), top-1 and top-5, per-class and per-superclass accuracy, the most
+confused pairs and the most confident mistakes. `predict_images` classifies image files
+of any size, resized to 32x32 as the seeds did with their own photographs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cifartui.config import RunConfig
+from cifartui.engine.augment import Preprocessor
+from cifartui.engine.checkpoint import load_checkpoint
+from cifartui.engine.data import Dataset, load_dataset, split_validation
+from cifartui.engine.models import build_model
+from cifartui.engine.runs import RunDirError, read_config
+
+
+class InspectError(ValueError):
+    """The run cannot be inspected as asked; the message names the file or value."""
+
+
+@dataclass
+class Inspection:
+    run_dir: Path
+    checkpoint: str
+    step: int
+    class_names: tuple[str, ...]
+    superclass_names: tuple[str, ...]
+    superclass_of: tuple[int, ...]
+    confusion: np.ndarray  # counts, rows = true class, columns = predicted class
+    top1: float
+    top5: float
+    labels: np.ndarray  # true class of each test image
+    predictions: np.ndarray
+    confidence: np.ndarray  # probability of the predicted class
+    images: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 3, 32, 32), np.uint8))
+
+    @property
+    def per_class_accuracy(self) -> np.ndarray:
+        totals = self.confusion.sum(1)
+        return np.where(totals > 0, 100.0 * np.diag(self.confusion) / np.maximum(totals, 1), np.nan)
+
+    def superclass_confusion(self) -> np.ndarray | None:
+        """The confusion matrix summed into superclasses (CIFAR-100), or None."""
+        if not self.superclass_of:
+            return None
+        groups = np.asarray(self.superclass_of)
+        size = len(self.superclass_names)
+        matrix = np.zeros((size, size), dtype=np.int64)
+        np.add.at(matrix, (groups[:, None].repeat(len(groups), 1), groups[None, :].repeat(len(groups), 0)),
+                  self.confusion)
+        return matrix
+
+    def classes_in_superclass(self, superclass: int) -> list[int]:
+        return [c for c, s in enumerate(self.superclass_of) if s == superclass]
+
+    def most_confused(self, count: int = 10) -> list[tuple[int, int, int]]:
+        """(true, predicted, images) for the largest off-diagonal counts."""
+        off = self.confusion.copy()
+        np.fill_diagonal(off, 0)
+        order = np.argsort(off, axis=None)[::-1][:count]
+        pairs = [(int(i // off.shape[1]), int(i % off.shape[1])) for i in order]
+        return [(t, p, int(off[t, p])) for t, p in pairs if off[t, p] > 0]
+
+    def confident_mistakes(self, count: int = 12) -> list[int]:
+        """Test indices of the wrong predictions the model was surest of."""
+        wrong = np.flatnonzero(self.predictions != self.labels)
+        return wrong[np.argsort(-self.confidence[wrong], kind="stable")][:count].tolist()
+
+    def to_json(self) -> dict[str, Any]:
+        per_class = self.per_class_accuracy
+        data: dict[str, Any] = {
+            "run_dir": str(self.run_dir), "checkpoint": self.checkpoint, "step": self.step,
+            "test_images": int(self.confusion.sum()), "test_top1": self.top1, "test_top5": self.top5,
+            "classes": list(self.class_names),
+            "per_class_accuracy": {name: None if np.isnan(a) else float(a)
+                                   for name, a in zip(self.class_names, per_class)},
+            "confusion_matrix": self.confusion.tolist(),
+            "most_confused": [{"true": self.class_names[t], "predicted": self.class_names[p], "images": n}
+                              for t, p, n in self.most_confused()],
+        }
+        supers = self.superclass_confusion()
+        if supers is not None:
+            totals = supers.sum(1)
+            data["superclasses"] = list(self.superclass_names)
+            data["superclass_of"] = {self.class_names[c]: self.superclass_names[s]
+                                     for c, s in enumerate(self.superclass_of)}
+            data["per_superclass_accuracy"] = {
+                name: float(100.0 * supers[i, i] / totals[i]) if totals[i] else None
+                for i, name in enumerate(self.superclass_names)}
+            data["superclass_confusion_matrix"] = supers.tolist()
+        return data
+
+
+@dataclass
+class LoadedModel:
+    config: RunConfig
+    model: torch.nn.Module
+    preprocess: Preprocessor
+    dataset: Dataset
+    device: torch.device
+    step: int
+    checkpoint: str
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """Softmax over classes for uint8 NCHW images, with the run's mirror averaging if it used it."""
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = self.preprocess(images[start:start + batch_size].to(self.device))
+            logits = self.model(x).float()
+            if self.config.train.test_time_flip:
+                logits = (logits + self.model(x.flip(3)).float()) / 2
+            out.append(torch.softmax(logits, 1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.dataset.num_classes)
+
+
+def load_trained(run_dir: Path, *, checkpoint: str = "best", data_dir: Path | None = None,
+                 device: str = "cpu") -> LoadedModel:
+    """The run's model from checkpoints/{best,last}.pt, its data and its fitted preprocessing."""
+    run_dir = Path(run_dir)
+    if checkpoint not in ("best", "last"):
+        raise InspectError(f"--checkpoint must be best or last, not '{checkpoint}'")
+    config = read_config(run_dir)
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if checkpoint == "best" and not path.is_file():
+        path = run_dir / "checkpoints" / "last.pt"  # a run without validation keeps only last.pt
+    if not path.is_file():
+        raise RunDirError(f"{path}: missing; the run has no checkpoint yet")
+    state = load_checkpoint(path)
+    dataset = load_dataset(config.dataset, data_dir)
+    train_index, _ = split_validation(len(dataset.train_labels), config.dataset.val_fraction, config.train.seed)
+    torch_device = torch.device(device)
+    preprocess = Preprocessor(config.augment.preprocess, config.augment.zca_epsilon)
+    preprocess.fit(torch.from_numpy(np.ascontiguousarray(dataset.train_images[train_index])), config.train.seed)
+    preprocess.to(torch_device)
+    model = build_model(config.model, dataset.num_classes)
+    model.load_state_dict(state["model"])
+    model.to(torch_device).eval()
+    return LoadedModel(config, model, preprocess, dataset, torch_device, int(state["progress"]["step"]),
+                       path.stem)
+
+
+def inspect_run(run_dir: Path, *, checkpoint: str = "best", data_dir: Path | None = None,
+                device: str = "cpu") -> Inspection:
+    loaded = load_trained(run_dir, checkpoint=checkpoint, data_dir=data_dir, device=device)
+    dataset = loaded.dataset
+    images = torch.from_numpy(np.ascontiguousarray(dataset.test_images))
+    probabilities = loaded.probabilities(images)
+    labels = dataset.test_labels.astype(np.int64)
+    k = min(5, dataset.num_classes)
+    top = probabilities.topk(k, dim=1).indices.numpy()
+    predictions = top[:, 0]
+    classes = dataset.num_classes
+    confusion = np.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
+    count = max(len(labels), 1)
+    return Inspection(
+        run_dir=Path(run_dir), checkpoint=loaded.checkpoint, step=loaded.step, class_names=dataset.class_names,
+        superclass_names=dataset.superclass_names, superclass_of=dataset.superclass_of, confusion=confusion,
+        top1=100.0 * float((predictions == labels).sum()) / count,
+        top5=100.0 * float((top == labels[:, None]).any(1).sum()) / count, labels=labels,
+        predictions=predictions, confidence=probabilities.max(1).values.numpy(), images=dataset.test_images)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file of any size as a 3x32x32 uint8 array (RGB, resized with antialiasing)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB").resize((32, 32), Image.Resampling.LANCZOS)
+            return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+    except FileNotFoundError:
+        raise InspectError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise InspectError(f"{path}: not an image file PIL can read ({error})") from None
+
+
+def predict_images(loaded: LoadedModel, paths: list[Path], top: int = 5) -> list[list[tuple[str, float]]]:
+    """For each file, the `top` most likely classes with their probabilities."""
+    images = torch.from_numpy(np.stack([read_image(Path(p)) for p in paths]))
+    probabilities = loaded.probabilities(images)
+    k = min(top, loaded.dataset.num_classes)
+    values, indices = probabilities.topk(k, dim=1)
+    names = loaded.dataset.class_names
+    return [[(names[i], float(v)) for v, i in zip(row_v.tolist(), row_i.tolist())]
+            for row_v, row_i in zip(values, indices)]
+
+
+__all__ = ["Inspection", "InspectError", "LoadedModel", "inspect_run", "load_trained", "predict_images",
+           "read_image"]

@@ -1,0 +1,202 @@
+"""A run's Inspect view: confusion heatmap, per-class accuracy, confident mistakes, model summary.
+
+The test set is evaluated with the run's best checkpoint (or its last when it has no
+best) in a thread worker, so the screen and any training stay responsive meanwhile.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import ItemGrid, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Select, Static, TabbedContent, TabPane
+
+from cifartui.ui.widgets.pictures import half_block_image, heatmap
+
+ALL_CLASSES, SUPERCLASSES = "all", "superclasses"
+MISTAKES_SHOWN = 12
+
+
+class InspectScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("r", "reload", "Re-evaluate"),
+    ]
+
+    def __init__(self, run_dir: Path, *, data_dir: Path | None = None, checkpoint: str = "best") -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.data_dir = data_dir
+        self.checkpoint = checkpoint
+        self.result: Any = None
+        self._sorted_by: tuple[str, bool] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("evaluating the test set…", id="inspect-title")
+        with TabbedContent(id="inspect-tabs"):
+            with TabPane("Confusion", id="tab-confusion"):
+                yield Select([("all classes", ALL_CLASSES)], value=ALL_CLASSES, id="confusion-view",
+                             allow_blank=False)
+                with VerticalScroll(id="heatmap-scroll"):
+                    yield Static(id="heatmap")
+            with TabPane("Per class", id="tab-classes"):
+                yield DataTable(id="per-class", cursor_type="row", zebra_stripes=True)
+                yield Static(id="most-confused")
+            with TabPane("Mistakes", id="tab-mistakes"):
+                yield Static("The test images the model got wrong while most sure of itself.", id="mistakes-title")
+                with VerticalScroll():
+                    yield ItemGrid(id="mistakes", min_column_width=34)
+            with TabPane("Model", id="tab-model"):
+                with VerticalScroll():
+                    yield Static(id="model-summary")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"Inspect {self.run_dir.name}"
+        self.query_one("#confusion-view", Select).display = False
+        self.action_reload()
+
+    def action_reload(self) -> None:
+        self.query_one("#inspect-title", Static).update(f"evaluating the test set with {self.checkpoint}.pt…")
+        self._evaluate()
+
+    @work(thread=True, exclusive=True, group="inspect", exit_on_error=False)
+    def _evaluate(self) -> None:
+        from cifartui.engine.checkpoint import CheckpointError
+        from cifartui.engine.data import DataError
+        from cifartui.engine.inspect import InspectError, inspect_run
+        from cifartui.engine.models import build_model, summarize
+        from cifartui.engine.runs import RunDirError, read_config
+
+        try:
+            result = inspect_run(self.run_dir, checkpoint=self.checkpoint, data_dir=self.data_dir)
+            config = read_config(self.run_dir)
+            summary = summarize(build_model(config.model, len(result.class_names)), config.model.name)
+        except (RunDirError, CheckpointError, DataError, InspectError) as error:
+            self.app.call_from_thread(self._show_error, str(error))
+            return
+        except Exception as error:  # noqa: BLE001 - shown on screen, the app stays up
+            self.app.call_from_thread(self._show_error, f"{type(error).__name__}: {error}")
+            return
+        self.app.call_from_thread(self._show, result, summary)
+
+    def _show_error(self, message: str) -> None:
+        self.query_one("#inspect-title", Static).update(Text(message, style="red"))
+
+    # --- filling the tabs ---------------------------------------------------------------------
+
+    def _show(self, result: Any, summary: Any) -> None:
+        self.result = result
+        images = int(result.confusion.sum())
+        self.query_one("#inspect-title", Static).update(
+            f"{result.checkpoint}.pt, step {result.step:,}: top-1 [b]{result.top1:.2f}%[/], top-5 {result.top5:.2f}% "
+            f"on {images:,} test images")
+        select = self.query_one("#confusion-view", Select)
+        if result.superclass_of:
+            options = [("all 20 superclasses", SUPERCLASSES), ("all 100 classes", ALL_CLASSES)]
+            options += [(f"inside: {name}", str(i)) for i, name in enumerate(result.superclass_names)]
+            select.set_options(options)
+            select.value = SUPERCLASSES
+            select.display = True
+        self._draw_heatmap(SUPERCLASSES if result.superclass_of else ALL_CLASSES)
+        self._fill_per_class()
+        self._fill_mistakes()
+        self._fill_summary(summary)
+
+    @on(Select.Changed, "#confusion-view")
+    def _view_changed(self, event: Select.Changed) -> None:
+        if self.result is not None and isinstance(event.value, str):
+            self._draw_heatmap(event.value)
+
+    def _draw_heatmap(self, view: str) -> None:
+        result = self.result
+        if view == SUPERCLASSES:
+            matrix, labels = result.superclass_confusion(), list(result.superclass_names)
+        elif view == ALL_CLASSES:
+            matrix, labels = result.confusion, list(result.class_names)
+        else:
+            members = result.classes_in_superclass(int(view))
+            matrix = result.confusion[members][:, members]
+            labels = [result.class_names[c] for c in members]
+        self.query_one("#heatmap", Static).update(heatmap(matrix, labels))
+
+    def _fill_per_class(self) -> None:
+        result = self.result
+        table = self.query_one("#per-class", DataTable)
+        table.clear(columns=True)
+        has_supers = bool(result.superclass_of)
+        table.add_column("class", key="class")
+        if has_supers:
+            table.add_column("superclass", key="superclass")
+        table.add_column("images", key="images")
+        table.add_column("top-1 %", key="top1")
+        table.add_column("most often taken for", key="confused")
+        accuracy = result.per_class_accuracy
+        for c, name in enumerate(result.class_names):
+            row = result.confusion[c].copy()
+            row[c] = 0
+            confused = f"{result.class_names[int(row.argmax())]} ({int(row.max())})" if row.max() else ""
+            cells: list[Any] = [name]
+            if has_supers:
+                cells.append(result.superclass_names[result.superclass_of[c]])
+            cells += [int(result.confusion[c].sum()), round(float(accuracy[c]), 2) if accuracy[c] == accuracy[c]
+                      else -1.0, confused]
+            table.add_row(*cells, key=name)
+        table.sort("top1")  # worst first; click a column header to sort by it
+        self._sorted_by = ("top1", False)
+        pairs = result.most_confused(10)
+        lines = Text("Most confused (true → predicted, images):\n", style="bold")
+        for true, predicted, count in pairs:
+            lines.append(f"  {result.class_names[true]} → {result.class_names[predicted]}: {count}\n")
+        if has_supers:
+            supers = result.superclass_confusion()
+            lines.append("\nAccuracy per superclass (right superclass counts):\n", style="bold")
+            for i, name in enumerate(result.superclass_names):
+                total = supers[i].sum()
+                lines.append(f"  {name}: {100.0 * supers[i, i] / total:.1f}%\n" if total else f"  {name}: -\n")
+        self.query_one("#most-confused", Static).update(lines)
+
+    @on(DataTable.HeaderSelected, "#per-class")
+    def _sort_by_header(self, event: DataTable.HeaderSelected) -> None:
+        key = str(event.column_key.value)
+        reverse = self._sorted_by == (key, False)
+        event.data_table.sort(event.column_key, reverse=reverse)
+        self._sorted_by = (key, reverse)
+
+    def _fill_mistakes(self) -> None:
+        result = self.result
+        grid = self.query_one("#mistakes", ItemGrid)
+        grid.remove_children()
+        tiles = []
+        for index in result.confident_mistakes(MISTAKES_SHOWN):
+            caption = Text.assemble(
+                (f"true {result.class_names[result.labels[index]]}\n", "green"),
+                (f"said {result.class_names[result.predictions[index]]} {100 * result.confidence[index]:.0f}%", "red"))
+            picture = half_block_image(result.images[index])
+            tiles.append(Static(Text.assemble(picture, "\n", caption), classes="mistake"))
+        if not tiles:
+            tiles.append(Static("No mistakes on the test set."))
+        grid.mount_all(tiles)
+
+    def _fill_summary(self, summary: Any) -> None:
+        table = Table(title=f"{summary.name}: {summary.total_parameters:,} parameters "
+                            f"({summary.trainable_parameters:,} trainable)", title_justify="left")
+        table.add_column("layer")
+        table.add_column("type")
+        table.add_column("output shape")
+        table.add_column("parameters", justify="right")
+        for layer in summary.layers:
+            table.add_row(layer.name, layer.kind, "x".join(map(str, layer.output_shape)), f"{layer.parameters:,}")
+        self.summary_table = table
+        self.query_one("#model-summary", Static).update(table)
+
+
+__all__ = ["InspectScreen"]
