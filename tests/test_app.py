@@ -425,11 +425,12 @@ def test_inspect_view_of_cifar100_groups_into_superclasses_and_zooms(tmp_path: P
             await wait_for(pilot, lambda: screen.result is not None, timeout=60)
             assert screen.result.superclass_confusion().shape == (20, 20)
             heat = str(screen.query_one("#heatmap", Static).render())
-            assert "aquatic_mamm" in heat and "vehicles_2" in heat  # 20 superclass rows
+            rows = heat.splitlines()[1:]
+            assert len(rows) == 20 and "aquatic_mammal" in rows[0] and "vehicles_2" in rows[19]
             screen.query_one("#confusion-view", Select).value = "0"  # zoom into aquatic mammals
             await pilot.pause()
             heat = str(screen.query_one("#heatmap", Static).render())
             rows = heat.splitlines()[1:]
-            assert len(rows) == 5 and rows[0].startswith("apple") and rows[4].startswith("beaver")  # classes 0-4
+            assert len(rows) == 5 and "apple" in rows[0] and "beaver" in rows[4]  # classes 0-4
             assert screen.query_one("#per-class", DataTable).row_count == 100
     run(scenario())

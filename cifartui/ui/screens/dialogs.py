@@ -49,8 +49,8 @@ HELP_TEXT = """\
   [b]?[/b]   this help
   [b]q[/b]   quit (asks when runs are active; each one writes a checkpoint)
 
-Tabs switch with the mouse or left/right on the tab bar. If the connection drops
-(SIGHUP) or the app gets SIGTERM, every run writes a checkpoint and the next start
+Tabs switch with the mouse or left/right on the tab bar. If the connection drops \
+(SIGHUP) or the app gets SIGTERM, every run writes a checkpoint and the next start \
 offers to resume them.
 """
 

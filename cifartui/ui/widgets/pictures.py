@@ -42,7 +42,7 @@ def _heat(fraction: float) -> Color:
     return Color.from_rgb(*stops[-1][1])
 
 
-def heatmap(matrix: np.ndarray, labels: Sequence[str], *, label_width: int = 12, cell_width: int = 4) -> Text:
+def heatmap(matrix: np.ndarray, labels: Sequence[str], *, label_width: int = 16, cell_width: int = 4) -> Text:
     """A confusion matrix with each row scaled to its own total: rows true, columns predicted.
 
     Every cell shows its count; its colour is the share of the row's images it holds,
