@@ -177,6 +177,18 @@ def _tmux(*args: str) -> str:
     return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True).stdout
 
 
+def _new_session(session: str, command: str) -> None:
+    """Start a detached 120x40 tmux session; retried, since a server still shutting down refuses one."""
+    for attempt in range(5):
+        try:
+            _tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40", f"bash -c {shlex.quote(command)}")
+            return
+        except subprocess.CalledProcessError:
+            if attempt == 4:
+                raise
+            time.sleep(0.5)
+
+
 def _tmux_env(folder: Path) -> str:
     env = {"CIFARTUI_DATA": str(folder / "data"), "CIFARTUI_CONFIG": str(folder / "config"),
            "TERM": "tmux-256color"}
@@ -190,7 +202,7 @@ def app_run(preset: str, device: str, max_steps: int, epochs: int, folder: Path)
     arguments = ["run", preset, "--dataset", "synthetic", "--device", device, "--runs-dir", str(runs),
                  *_limits(max_steps, epochs)]
     command = f"exec env {_tmux_env(folder)} {shlex.quote(sys.executable)} -m cifartui {shlex.join(arguments)}"
-    _tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40", f"bash -c {shlex.quote(command)}")
+    _new_session(session, command)
     try:
         deadline = time.monotonic() + 3600
         while time.monotonic() < deadline:
@@ -210,7 +222,7 @@ def first_paint(folder: Path) -> float:
     command = (f"exec env {_tmux_env(folder)} {shlex.quote(sys.executable)} -m cifartui --runs-dir "
                f"{shlex.quote(str(folder / 'paint-runs'))}")
     started = time.perf_counter()
-    _tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40", f"bash -c {shlex.quote(command)}")
+    _new_session(session, command)
     try:
         while time.perf_counter() - started < 60:
             if "No runs yet" in _tmux("capture-pane", "-p", "-t", session):

@@ -434,3 +434,43 @@ def test_inspect_view_of_cifar100_groups_into_superclasses_and_zooms(tmp_path: P
             assert len(rows) == 5 and "apple" in rows[0] and "beaver" in rows[4]  # classes 0-4
             assert screen.query_one("#per-class", DataTable).row_count == 100
     run(scenario())
+
+
+def test_picker_previews_the_chosen_augmentation(tmp_path: Path) -> None:
+    import numpy as np
+
+    from cifartui.ui.screens.augment_preview import AugmentPreviewScreen
+
+    async def preview(pilot, app, recipe: str) -> AugmentPreviewScreen:  # noqa: ANN001
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, PickerScreen))
+        picker = app.screen
+        picker.query_one("#recipes", OptionList).highlighted = list(picker.recipes).index(recipe)
+        await wait_for(pilot, lambda: picker.config is not None and picker.config.name == recipe)
+        await pilot.click("#preview-augmentation")
+        await wait_for(pilot, lambda: isinstance(app.screen, AugmentPreviewScreen))
+        screen = app.screen
+        await wait_for(pilot, lambda: len(screen.query(".augment-tile")) == 12, timeout=30)
+        return screen
+
+    async def scenario() -> None:
+        app = make_app(runs_dir=tmp_path / "runs", data_dir=tmp_path / "no-cifar-here", offer_resume=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await preview(pilot, app, "resnet18-cifar10")
+            title = str(screen.query_one("#augment-title").render())
+            assert "crop pad 4, flip" in title and "generated images" in title  # CIFAR is not downloaded here
+            original, *draws = [image for _, image in screen.tiles[:4]]
+            assert any(not np.array_equal(original, draw) for draw in draws)
+            first_draws = [image for _, image in screen.tiles]
+            await pilot.press("r")
+            await wait_for(pilot, lambda: any(not np.array_equal(a, b) for a, (_, b) in zip(first_draws, screen.tiles)))
+            assert "▀" in str(screen.query(".augment-tile").first().render())
+            await pilot.press("escape")
+            await pilot.press("escape")  # and the picker
+
+            screen = await preview(pilot, app, "cnn3-cifar10")  # no augmentation at all
+            assert "none" in str(screen.query_one("#augment-title").render())
+            for start in range(0, 12, 4):
+                original, *draws = [image for _, image in screen.tiles[start:start + 4]]
+                assert all(np.array_equal(original, draw) for draw in draws)
+    run(scenario())

@@ -52,7 +52,8 @@ def describe(config: RunConfig) -> str:
 
 
 class PickerScreen(ModalScreen[RunConfig | None]):
-    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "launch", "Launch")]
+    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "launch", "Launch"),
+                Binding("ctrl+a", "preview_augmentation", "Preview augmentation")]
 
     def __init__(self) -> None:
         super().__init__()
@@ -83,6 +84,7 @@ class PickerScreen(ModalScreen[RunConfig | None]):
                     yield Static(id="model-summary")
             with Horizontal(classes="buttons"):
                 yield Button("Launch", variant="primary", id="launch")
+                yield Button("Augmentation", id="preview-augmentation")
                 yield Button("Cancel", id="cancel")
 
     def on_mount(self) -> None:
@@ -172,6 +174,13 @@ class PickerScreen(ModalScreen[RunConfig | None]):
     def action_launch(self) -> None:
         if self.config is not None:
             self.dismiss(self.config)
+
+    @on(Button.Pressed, "#preview-augmentation")
+    def action_preview_augmentation(self) -> None:
+        if self.config is not None:
+            from cifartui.ui.screens.augment_preview import AugmentPreviewScreen
+
+            self.app.push_screen(AugmentPreviewScreen(self.config, getattr(self.app, "data_dir", None)))
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
