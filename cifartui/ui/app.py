@@ -132,8 +132,6 @@ class CifarTuiApp(App[int]):
         # Training threads release the interpreter lock in every tensor operation, but the
         # screen must not wait the default 5 ms each time it asks for it back.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        self.set_interval(HEAP_TRIM_INTERVAL_S, lambda: threading.Thread(
-            target=release_free_heap, name="cifartui-heap-trim", daemon=True).start())
         self._install_signal_handlers()
         self._layout_for(self.size.width, self.size.height)
         for config in self.initial:
@@ -530,27 +528,6 @@ def yield_to_screen() -> None:
         os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + TRAINING_NICENESS)
     except OSError:
         pass  # a priority is a preference; training goes on without it
-
-
-# Every this many seconds, freed heap memory goes back to the operating system.
-HEAP_TRIM_INTERVAL_S = 30.0
-
-
-def release_free_heap() -> None:
-    """Return freed heap pages to the OS (glibc's malloc_trim; elsewhere nothing).
-
-    Several training threads each allocate from their own malloc arena, and tensors of
-    many sizes come and go (batches, evaluation, checkpoints); without a trim the
-    process's resident memory creeps up over hours even though nothing leaks.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # ctypes releases the interpreter lock meanwhile
-    except (OSError, AttributeError):
-        pass  # not glibc
 
 
 def gpu_count() -> int:
