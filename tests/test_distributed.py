@@ -11,29 +11,12 @@ from pathlib import Path
 from cifartui.engine.checkpoint import load_checkpoint
 from cifartui.engine.runs import read_metrics
 from cifartui.engine.trainer import AGREE_EVERY
+from tests.test_cli import SLOW_ENOUGH_PRESET
 
-PRESET = """
-description = "two processes, one global batch"
-[dataset]
-name = "synthetic"
-train_size = {train_size}
-test_size = 200
-val_fraction = 0.2
-[model]
-name = "cnn3"
-[optimizer]
-name = "sgd"
-lr = 0.05
-momentum = 0.9
-[augment]
-crop_padding = 4
-flip = true
-[train]
-epochs = 2
-batch_size = 32
-log_every = 1
-device = "cpu"
-"""
+
+def _preset(train_size: int) -> str:
+    """The CLI tests' interruptible preset, at this size."""
+    return SLOW_ENOUGH_PRESET.replace("train_size = 8000", f"train_size = {train_size}")
 
 
 def _torchrun(tmp_path: Path, *args: str) -> subprocess.Popen:
@@ -45,7 +28,7 @@ def _torchrun(tmp_path: Path, *args: str) -> subprocess.Popen:
 
 def test_torchrun_trains_one_run_with_identical_replicas(tmp_path: Path) -> None:
     preset = tmp_path / "ddp.toml"
-    preset.write_text(PRESET.format(train_size=600))
+    preset.write_text(_preset(600))
     job = _torchrun(tmp_path, "train", str(preset), "--runs-dir", "runs", "--summary-json", "summary.json")
     output, _ = job.communicate(timeout=240)
     assert job.returncode == 0, output
@@ -63,7 +46,7 @@ def test_torchrun_trains_one_run_with_identical_replicas(tmp_path: Path) -> None
 
 def test_sigterm_stops_every_process_at_the_same_step_and_the_job_resumes(tmp_path: Path) -> None:
     preset = tmp_path / "ddp.toml"
-    preset.write_text(PRESET.format(train_size=8000))
+    preset.write_text(_preset(8000))
     job = _torchrun(tmp_path, "train", str(preset), "--runs-dir", "runs")
     runs = tmp_path / "runs"
     deadline = time.monotonic() + 120
