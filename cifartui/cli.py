@@ -39,9 +39,9 @@ if hasattr(signal, "SIGHUP"):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from cifartui.engine.checkpoint import CheckpointError
     from cifartui.engine.data import DataError
+    from cifartui.engine.inspect import InspectError
     from cifartui.engine.models import ModelError
     from cifartui.engine.runs import RunDirError
-    from cifartui.engine.inspect import InspectError
     from cifartui.engine.trainer import DeviceError, ResumeRefused
     return (ConfigError, DataError, ModelError, DeviceError, CheckpointError, RunDirError, ResumeRefused,
             InspectError)
