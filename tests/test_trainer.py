@@ -227,6 +227,27 @@ def test_a_step_with_non_finite_loss_leaves_weights_and_optimizer_state_alone(na
                    for k in before)
 
 
+@pytest.mark.parametrize("name, momentum", [("sgd", 0.9), ("sgd", 0.0), ("adam", 0.0), ("rmsprop", 0.9)])
+def test_a_non_finite_first_step_leaves_a_clean_start(name: str, momentum: float) -> None:
+    from cifartui.config import OptimizerConfig
+    from cifartui.engine.optim import build_optimizer, step_unless
+
+    torch.manual_seed(0)
+    model, twin = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)
+    twin.load_state_dict(model.state_dict())
+    optimizers = [build_optimizer(m, OptimizerConfig(name=name, lr=0.1, momentum=momentum), torch.device("cpu"))
+                  for m in (model, twin)]
+    for p in model.parameters():  # the model's first step is poisoned, the twin's never happens
+        p.grad = torch.full_like(p, float("nan"))
+    step_unless(optimizers[0], torch.tensor(1.0))
+    batch = torch.randn(3, 4)
+    for m, optimizer in zip((model, twin), optimizers):  # then both take the same good step
+        optimizer.zero_grad(set_to_none=True)
+        m(batch).sum().backward()
+        step_unless(optimizer, torch.tensor(0.0))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+
+
 def test_bf16_autocast_trains_on_the_cpu(tmp_path: Path) -> None:
     result = Trainer(tiny_config(epochs=1, precision="bf16"), tmp_path / "run").run()
     assert result.status == "finished" and math.isfinite(result.summary["test_loss"])

@@ -49,13 +49,16 @@ def step_unless(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> No
     it to them, so the host never waits for the device. The others need the flag on the
     host first.
     """
-    # The very first step creates the momentum buffers; skipped inside the kernel it would
-    # leave them uninitialized, so that one step decides on the host.
-    if skips_on_device(optimizer) and optimizer.state:
+    # Fused SGD creates its momentum buffers uninitialized in the first step, to fill them
+    # there; skipped inside the kernel they would stay garbage, so that one step decides
+    # on the host. (Adam and AdamW create zeroed state and undo their step count.)
+    first_momentum_step = (isinstance(optimizer, torch.optim.SGD) and not optimizer.state
+                           and any(group["momentum"] for group in optimizer.param_groups))
+    if skips_on_device(optimizer) and not first_momentum_step:
         optimizer.grad_scale, optimizer.found_inf = None, found_inf
         try:
             optimizer.step()
         finally:
             del optimizer.grad_scale, optimizer.found_inf
-    elif not found_inf.item():  # sync point: the first step, and optimizers without a fused kernel (RMSprop)
+    elif not found_inf.item():  # sync point: SGD's first momentum step, and RMSprop (no fused kernel)
         optimizer.step()
