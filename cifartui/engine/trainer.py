@@ -273,20 +273,19 @@ class Trainer:
         # loss sum, correct, images: summed on the device, read once per epoch
         self.epoch_stats = torch.zeros(3, dtype=torch.float64, device=self.device)
         self.loss_watch = _LossWatch(self.device)
+        # The model's float parameters and buffers, as tensors sharing their storage (loading
+        # a checkpoint copies into them, so the list stays valid), and lookahead's slow copy.
+        self.lookahead_fast: list[torch.Tensor] = []
         self.lookahead_slow: list[torch.Tensor] = []
         if config.train.lookahead_every:
-            self.lookahead_slow = [t.detach().clone() for t in self._float_state()]
+            self.lookahead_fast = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+            self.lookahead_slow = [t.detach().clone() for t in self.lookahead_fast]
         self.current_lr = self.lr_schedule.lr_at(0)
-
-    def _float_state(self) -> list[torch.Tensor]:
-        """The model's float parameters and buffers, as tensors that share their storage."""
-        return [t for t in self.model.state_dict().values() if t.is_floating_point()]
 
     def _lookahead(self, decay: float) -> None:
         """Pull the slow weights toward the fast ones by 1 - decay, then restart the fast from them."""
-        fast = self._float_state()
-        torch._foreach_lerp_(self.lookahead_slow, fast, 1.0 - decay)
-        torch._foreach_copy_(fast, self.lookahead_slow)
+        torch._foreach_lerp_(self.lookahead_slow, self.lookahead_fast, 1.0 - decay)
+        torch._foreach_copy_(self.lookahead_fast, self.lookahead_slow)
 
     # --- checkpoints -------------------------------------------------------------------------
 
