@@ -505,9 +505,7 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     table.add_column("top-1", justify="right")
     table.add_column("most often taken for")
     for c in sorted(range(len(per_class)), key=lambda c: (np.nan_to_num(per_class[c], nan=101.0), c)):
-        row = result.confusion[c].copy()
-        row[c] = 0
-        confused = f"{result.class_names[int(row.argmax())]} ({int(row.max())})" if row.max() else ""
+        confused = result.taken_for(c)
         cells = [result.class_names[c]]
         if result.superclass_of:
             cells.append(result.superclass_names[result.superclass_of[c]])

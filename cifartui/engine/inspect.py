@@ -53,12 +53,14 @@ class Inspection:
         """The confusion matrix summed into superclasses (CIFAR-100), or None."""
         if not self.superclass_of:
             return None
-        groups = np.asarray(self.superclass_of)
-        size = len(self.superclass_names)
-        matrix = np.zeros((size, size), dtype=np.int64)
-        np.add.at(matrix, (groups[:, None].repeat(len(groups), 1), groups[None, :].repeat(len(groups), 0)),
-                  self.confusion)
-        return matrix
+        membership = np.eye(len(self.superclass_names), dtype=np.int64)[list(self.superclass_of)]  # class x super
+        return membership.T @ self.confusion @ membership
+
+    def taken_for(self, true_class: int) -> str:
+        """"name (count)" of the class this one is most often mistaken for; "" when never."""
+        row = self.confusion[true_class].copy()
+        row[true_class] = 0
+        return f"{self.class_names[int(row.argmax())]} ({int(row.max())})" if row.max() else ""
 
     def classes_in_superclass(self, superclass: int) -> list[int]:
         return [c for c, s in enumerate(self.superclass_of) if s == superclass]

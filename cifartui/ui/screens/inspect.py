@@ -141,9 +141,7 @@ class InspectScreen(Screen[None]):
         table.add_column("most often taken for", key="confused")
         accuracy = result.per_class_accuracy
         for c, name in enumerate(result.class_names):
-            row = result.confusion[c].copy()
-            row[c] = 0
-            confused = f"{result.class_names[int(row.argmax())]} ({int(row.max())})" if row.max() else ""
+            confused = result.taken_for(c)
             cells: list[Any] = [name]
             if has_supers:
                 cells.append(result.superclass_names[result.superclass_of[c]])
