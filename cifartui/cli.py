@@ -43,8 +43,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from cifartui.engine.models import ModelError
     from cifartui.engine.runs import RunDirError
     from cifartui.engine.trainer import DeviceError, ResumeRefused
+    from cifartui.ui.graphics import GraphicsError
     return (ConfigError, DataError, ModelError, DeviceError, CheckpointError, RunDirError, ResumeRefused,
-            InspectError)
+            InspectError, GraphicsError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs-dir", type=Path, help="where the app keeps and finds runs (default ./runs or "
                         "$CIFARTUI_RUNS)")
     parser.add_argument("--data-dir", type=Path, help="where CIFAR lives or is downloaded")
+    parser.add_argument("--images", choices=("auto", "sixel", "kitty", "halfblock"),
+                        help="how the app draws pictures (default auto, or $CIFARTUI_IMAGES): sixel or kitty "
+                        "graphics need the extra cifartui[images], half blocks work in every terminal")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def run_options(sub: argparse.ArgumentParser) -> None:
@@ -80,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="open the app with a preset already training")
     preset_options(run)
+    run.add_argument("--images", choices=("auto", "sixel", "kitty", "halfblock"), default=argparse.SUPPRESS,
+                     help="how the app draws pictures (as before the command)")
 
     train = commands.add_parser("train", help="train a preset headless, with a progress bar")
     preset_options(train)
@@ -149,9 +155,13 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
 def cmd_app(args: argparse.Namespace, console: Console) -> int:
     """The interactive app; with `run PRESET`, that run starts training at once."""
     initial = [_config_from_args(args)] if args.command == "run" else []
-    from cifartui.ui.app import make_app  # textual loads only for the app
+    from cifartui.ui.graphics import ModeChoice  # textual loads only for the app
 
-    app = make_app(runs_dir=args.runs_dir, data_dir=args.data_dir, initial=initial)
+    images = ModeChoice(args.images)  # asks the terminal, so before the app owns it
+    from cifartui.ui.app import make_app
+
+    image_mode = images.result()
+    app = make_app(runs_dir=args.runs_dir, data_dir=args.data_dir, initial=initial, image_mode=image_mode)
     return app.run() or EXIT_OK
 
 

@@ -374,7 +374,7 @@ def _trained_run(tmp_path: Path, **dataset: object) -> Path:
 
 
 def test_inspect_view_shows_heatmap_per_class_table_mistakes_and_summary(tmp_path: Path) -> None:
-    from textual.widgets import Static
+    from textual.widgets import Static, TabbedContent
 
     from cifartui.ui.screens.inspect import InspectScreen
 
@@ -399,8 +399,13 @@ def test_inspect_view_shows_heatmap_per_class_table_mistakes_and_summary(tmp_pat
             mistakes = screen.query(".mistake")
             wrong = int((result.predictions != result.labels).sum())
             assert len(mistakes) == min(12, wrong)
-            assert "▀" in str(mistakes.first().render())
+            assert "▀" in str(mistakes.first().query_one(".picture", Static).render())
+            assert "true " in str(mistakes.first().query_one(".caption", Static).render())
             assert "parameters" in str(screen.summary_table.title) and screen.summary_table.row_count > 5
+            tabs = screen.query_one("#inspect-tabs", TabbedContent)
+            for key, tab in [("3", "tab-mistakes"), ("4", "tab-model"), ("2", "tab-classes"), ("1", "tab-confusion")]:
+                await pilot.press(key)
+                assert tabs.active == tab
             await pilot.press("escape")
             assert not isinstance(app.screen, InspectScreen)
     run(scenario())
@@ -464,7 +469,7 @@ def test_picker_previews_the_chosen_augmentation(tmp_path: Path) -> None:
             first_draws = [image for _, image in screen.tiles]
             await pilot.press("r")
             await wait_for(pilot, lambda: any(not np.array_equal(a, b) for a, (_, b) in zip(first_draws, screen.tiles)))
-            assert "▀" in str(screen.query(".augment-tile").first().render())
+            assert "▀" in str(screen.query(".augment-tile .picture").first().render())
             await pilot.press("escape")
             await pilot.press("escape")  # and the picker
 

@@ -96,8 +96,9 @@ class CifarTuiApp(App[int]):
 
     def __init__(self, *, runs_dir: Path | None = None, data_dir: Path | None = None,
                  trainer_factory: TrainerFactory | None = None, initial: Iterable[RunConfig] = (),
-                 offer_resume: bool = True) -> None:
+                 offer_resume: bool = True, image_mode: str = "halfblock") -> None:
         super().__init__()
+        self.image_mode = image_mode  # "sixel", "kitty" or "halfblock": see cifartui.ui.graphics
         self.runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
         self.data_dir = data_dir
         self._trainer_factory = trainer_factory
@@ -564,10 +565,10 @@ def _import_engine() -> None:
 
 def make_app(*, runs_dir: Path | None = None, data_dir: Path | None = None,
              trainer_factory: TrainerFactory | None = None, initial: Iterable[RunConfig] = (),
-             offer_resume: bool = True) -> CifarTuiApp:
+             offer_resume: bool = True, image_mode: str = "halfblock") -> CifarTuiApp:
     """The app, with the engine swappable for tests."""
     return CifarTuiApp(runs_dir=runs_dir, data_dir=data_dir, trainer_factory=trainer_factory, initial=initial,
-                       offer_resume=offer_resume)
+                       offer_resume=offer_resume, image_mode=image_mode)
 
 
 __all__ = ["CifarTuiApp", "make_app", "event_from_json"]

@@ -11,7 +11,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
 from cifartui.config import RunConfig
-from cifartui.ui.widgets.pictures import half_block_image
+from cifartui.ui.graphics import picture_tile
 
 IMAGES, DRAWS = 3, 3
 
@@ -83,8 +83,8 @@ class AugmentPreviewScreen(ModalScreen[None]):
         self.query_one("#augment-title", Static).update(title)
         grid = self.query_one("#augment-tiles", ItemGrid)
         grid.remove_children()
-        grid.mount_all([Static(Text.assemble(half_block_image(image), "\n", caption), classes="augment-tile")
-                        for caption, image in tiles])
+        mode = self.app.image_mode
+        grid.mount_all([picture_tile(image, Text(caption), mode, classes="augment-tile") for caption, image in tiles])
 
     def on_button_pressed(self, _event: Button.Pressed) -> None:
         self.dismiss(None)

@@ -18,7 +18,8 @@ from textual.containers import ItemGrid, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Select, Static, TabbedContent, TabPane
 
-from cifartui.ui.widgets.pictures import half_block_image, heatmap
+from cifartui.ui.graphics import picture_tile
+from cifartui.ui.widgets.pictures import heatmap
 
 ALL_CLASSES, SUPERCLASSES = "all", "superclasses"
 MISTAKES_SHOWN = 12
@@ -28,6 +29,10 @@ class InspectScreen(Screen[None]):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("r", "reload", "Re-evaluate"),
+        Binding("1", "show_tab('tab-confusion')", "Confusion"),
+        Binding("2", "show_tab('tab-classes')", "Per class"),
+        Binding("3", "show_tab('tab-mistakes')", "Mistakes"),
+        Binding("4", "show_tab('tab-model')", "Model"),
     ]
 
     def __init__(self, run_dir: Path, *, data_dir: Path | None = None, checkpoint: str = "best") -> None:
@@ -63,6 +68,9 @@ class InspectScreen(Screen[None]):
         self.sub_title = f"Inspect {self.run_dir.name}"
         self.query_one("#confusion-view", Select).display = False
         self.action_reload()
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one("#inspect-tabs", TabbedContent).active = tab
 
     def action_reload(self) -> None:
         self.query_one("#inspect-title", Static).update(f"evaluating the test set with {self.checkpoint}.pt…")
@@ -178,8 +186,7 @@ class InspectScreen(Screen[None]):
             caption = Text.assemble(
                 (f"true {result.class_names[result.labels[index]]}\n", "green"),
                 (f"said {result.class_names[result.predictions[index]]} {100 * result.confidence[index]:.0f}%", "red"))
-            picture = half_block_image(result.images[index])
-            tiles.append(Static(Text.assemble(picture, "\n", caption), classes="mistake"))
+            tiles.append(picture_tile(result.images[index], caption, self.app.image_mode, classes="mistake"))
         if not tiles:
             tiles.append(Static("No mistakes on the test set."))
         grid.mount_all(tiles)
