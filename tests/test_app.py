@@ -396,14 +396,27 @@ def test_inspect_view_shows_heatmap_per_class_table_mistakes_and_summary(tmp_pat
             assert table.row_count == 10
             accuracies = [table.get_row_at(i)[2] for i in range(table.row_count)]
             assert accuracies == sorted(accuracies)  # worst first
-            mistakes = screen.query(".mistake")
+            mistakes = screen.query(".sample")
             wrong = int((result.predictions != result.labels).sum())
-            assert len(mistakes) == min(12, wrong)
+            assert len(mistakes) == min(12, wrong) and len(screen.shown) == len(mistakes)
+            assert all(result.predictions[i] != result.labels[i] for i in screen.shown)
+            confidences = [result.confidence[i] for i in screen.shown]
+            assert confidences == sorted(confidences, reverse=True)  # surest first
+            first = screen.shown[0]
             assert "▀" in str(mistakes.first().query_one(".picture", Static).render())
-            assert "true " in str(mistakes.first().query_one(".caption", Static).render())
+            caption = str(mistakes.first().query_one(".caption", Static).render())
+            assert f"true {result.class_names[result.labels[first]]}" in caption
+            assert f"said {result.class_names[result.predictions[first]]} {100 * result.confidence[first]:.0f}%" in caption
+            await pilot.press("d")  # random test images, right or wrong
+            await pilot.pause()
+            random_draw = list(screen.shown)
+            assert len(random_draw) == 12 == len(set(random_draw)) and len(screen.query(".sample")) == 12
+            await pilot.press("d")
+            await pilot.pause()
+            assert screen.shown != random_draw
             assert "parameters" in str(screen.summary_table.title) and screen.summary_table.row_count > 5
             tabs = screen.query_one("#inspect-tabs", TabbedContent)
-            for key, tab in [("3", "tab-mistakes"), ("4", "tab-model"), ("2", "tab-classes"), ("1", "tab-confusion")]:
+            for key, tab in [("3", "tab-samples"), ("4", "tab-model"), ("2", "tab-classes"), ("1", "tab-confusion")]:
                 await pilot.press(key)
                 assert tabs.active == tab
             await pilot.press("escape")

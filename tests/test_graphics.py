@@ -128,7 +128,7 @@ def _image(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (3, 32, 32), dtype=np.uint8)
 
 
-def test_sixel_mistakes_in_the_inspect_view(tmp_path: Path) -> None:
+def test_sixel_samples_in_the_inspect_view(tmp_path: Path) -> None:
     from textual_image.widget import SixelImage
 
     from cifartui.ui.screens.inspect import InspectScreen
@@ -144,11 +144,11 @@ def test_sixel_mistakes_in_the_inspect_view(tmp_path: Path) -> None:
             screen = app.screen
             assert isinstance(screen, InspectScreen)
             await wait_for(pilot, lambda: screen.result is not None, timeout=60)
-            tile = screen.query(".mistake").first()
+            tile = screen.query(".sample").first()
             picture = tile.query_one(".picture")
             assert isinstance(picture, SixelImage)
             assert "true " in str(tile.query_one(".caption", Static).render())
-            screen.query_one("#inspect-tabs").active = "tab-mistakes"
+            screen.query_one("#inspect-tabs").active = "tab-samples"
             await pilot.pause()
             await wait_for(pilot, lambda: picture.children and picture.children[0].size.width == 32)
             lines = picture.children[0].render_lines(Region(0, 0, 32, 16))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.table import Table
 from rich.text import Text
 from textual import on, work
@@ -22,7 +23,8 @@ from cifartui.ui.graphics import picture_tile
 from cifartui.ui.widgets.pictures import heatmap
 
 ALL_CLASSES, SUPERCLASSES = "all", "superclasses"
-MISTAKES_SHOWN = 12
+MISTAKES, RANDOM = "mistakes", "random"
+SAMPLES_SHOWN = 12
 
 
 class InspectScreen(Screen[None]):
@@ -31,7 +33,8 @@ class InspectScreen(Screen[None]):
         Binding("r", "reload", "Re-evaluate"),
         Binding("1", "show_tab('tab-confusion')", "Confusion"),
         Binding("2", "show_tab('tab-classes')", "Per class"),
-        Binding("3", "show_tab('tab-mistakes')", "Mistakes"),
+        Binding("3", "show_tab('tab-samples')", "Samples"),
+        Binding("d", "draw_samples", "Draw samples"),
         Binding("4", "show_tab('tab-model')", "Model"),
     ]
 
@@ -41,6 +44,8 @@ class InspectScreen(Screen[None]):
         self.data_dir = data_dir
         self.checkpoint = checkpoint
         self.result: Any = None
+        self.shown: list[int] = []  # test indices in the Samples tab
+        self._draws = 0
         self._sorted_by: tuple[str, bool] | None = None
 
     def compose(self) -> ComposeResult:
@@ -55,10 +60,11 @@ class InspectScreen(Screen[None]):
             with TabPane("Per class", id="tab-classes"):
                 yield DataTable(id="per-class", cursor_type="row", zebra_stripes=True)
                 yield Static(id="most-confused")
-            with TabPane("Mistakes", id="tab-mistakes"):
-                yield Static("The test images the model got wrong while most sure of itself.", id="mistakes-title")
+            with TabPane("Samples", id="tab-samples"):
+                yield Select([("most confident mistakes", MISTAKES), ("random test images (d draws again)", RANDOM)],
+                             value=MISTAKES, id="samples-view", allow_blank=False)
                 with VerticalScroll():
-                    yield ItemGrid(id="mistakes", min_column_width=34)
+                    yield ItemGrid(id="samples", min_column_width=34)
             with TabPane("Model", id="tab-model"):
                 with VerticalScroll():
                     yield Static(id="model-summary")
@@ -116,7 +122,7 @@ class InspectScreen(Screen[None]):
             select.display = True
         self._draw_heatmap(SUPERCLASSES if result.superclass_of else ALL_CLASSES)
         self._fill_per_class()
-        self._fill_mistakes()
+        self._fill_samples(self.query_one("#samples-view", Select).value)
         self._fill_summary(summary)
 
     @on(Select.Changed, "#confusion-view")
@@ -177,16 +183,38 @@ class InspectScreen(Screen[None]):
         event.data_table.sort(event.column_key, reverse=reverse)
         self._sorted_by = (key, reverse)
 
-    def _fill_mistakes(self) -> None:
+    @on(Select.Changed, "#samples-view")
+    def _samples_view_changed(self, event: Select.Changed) -> None:
+        if self.result is not None and isinstance(event.value, str):
+            self._fill_samples(event.value)
+
+    def action_draw_samples(self) -> None:
+        self.action_show_tab("tab-samples")
+        select = self.query_one("#samples-view", Select)
+        if select.value != RANDOM:
+            select.value = RANDOM  # fills the tab through Select.Changed
+        elif self.result is not None:
+            self._fill_samples(RANDOM)
+
+    def _fill_samples(self, view: object) -> None:
         result = self.result
-        grid = self.query_one("#mistakes", ItemGrid)
+        if view == RANDOM:
+            generator = np.random.default_rng(self._draws)
+            self._draws += 1
+            count = min(SAMPLES_SHOWN, len(result.labels))
+            self.shown = generator.choice(len(result.labels), size=count, replace=False).tolist()
+        else:
+            self.shown = result.confident_mistakes(SAMPLES_SHOWN)
+        grid = self.query_one("#samples", ItemGrid)
         grid.remove_children()
         tiles = []
-        for index in result.confident_mistakes(MISTAKES_SHOWN):
+        for index in self.shown:
+            true, said = int(result.labels[index]), int(result.predictions[index])
             caption = Text.assemble(
-                (f"true {result.class_names[result.labels[index]]}\n", "green"),
-                (f"said {result.class_names[result.predictions[index]]} {100 * result.confidence[index]:.0f}%", "red"))
-            tiles.append(picture_tile(result.images[index], caption, self.app.image_mode, classes="mistake"))
+                (f"true {result.class_names[true]}\n", "bold"),
+                (f"said {result.class_names[said]} {100 * result.confidence[index]:.0f}%",
+                 "green" if said == true else "red"))
+            tiles.append(picture_tile(result.images[index], caption, self.app.image_mode, classes="sample"))
         if not tiles:
             tiles.append(Static("No mistakes on the test set."))
         grid.mount_all(tiles)
