@@ -105,6 +105,7 @@ class CifarTuiApp(App[int]):
         self.initial = list(initial)
         self.offer_resume = offer_resume
         self.handles: dict[str, RunHandle] = {}
+        self._panels: dict[str, RunPanel] = {}
         self.comparison: list[Path] = []
         self._counter = 0
         self._shutting_down = False
@@ -225,8 +226,18 @@ class CifarTuiApp(App[int]):
             handle.done.set()
 
     def panel(self, run_id: str) -> RunPanel | None:
+        # Looked up for every event a run sends: a DOM query per event cost about a
+        # millisecond of the screen thread, so the panel is remembered while attached.
+        panel = self._panels.get(run_id)
+        if panel is not None and panel.is_attached:
+            return panel
         panels = self.query(f"#panel-{run_id}")
-        return panels.first(RunPanel) if panels else None
+        panel = panels.first(RunPanel) if panels else None
+        if panel is None:
+            self._panels.pop(run_id, None)
+        else:
+            self._panels[run_id] = panel
+        return panel
 
     def on_run_event(self, message: RunEvent) -> None:
         handle = self.handles.get(message.run_id)
@@ -517,7 +528,7 @@ SWITCH_INTERVAL_S = 0.001
 FULL_COLLECTION_EVERY = 100
 # Training threads run this much nicer than the screen, so that a key is answered at
 # once even when several CPU runs keep every core busy (Linux sets nice per thread).
-TRAINING_NICENESS = 5
+TRAINING_NICENESS = 10
 
 
 def yield_to_screen() -> None:
