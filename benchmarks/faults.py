@@ -159,6 +159,16 @@ def soak(minutes: float) -> dict:
         model=ModelConfig(name="cnn3"), optimizer=OptimizerConfig(name="sgd", lr=0.01, momentum=0.9),
         train=TrainConfig(epochs=100000, batch_size=64, device="cpu", checkpoint_minutes=1.0))
     samples: list[dict] = []
+    full_collections: list[float] = []  # seconds each, whoever triggered them
+    started_at: list[float] = []
+
+    def time_full_collections(phase: str, info: dict) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started_at[:] = [time.perf_counter()]
+        elif started_at:
+            full_collections.append(time.perf_counter() - started_at[0])
 
     async def scenario(runs_dir: Path) -> None:
         app = make_app(runs_dir=runs_dir, offer_resume=False,
@@ -192,16 +202,25 @@ def soak(minutes: float) -> dict:
             while not all(h.done.is_set() for h in handles):
                 await pilot.pause(0.1)
 
+    import gc
+
+    gc.callbacks.append(time_full_collections)
     with tempfile.TemporaryDirectory() as folder:
         asyncio.run(scenario(Path(folder) / "runs"))
+    gc.callbacks.remove(time_full_collections)
     latencies = [s["key_latency_ms"] for s in samples]
     rss = [s["rss_mib"] for s in samples]
     early = rss[min(5, len(rss) - 1)]  # after the first minute, once caches have filled
     return {"minutes": minutes, "samples": len(samples), "runs": 4,
             "every_run_advanced_every_sample": all(s["all_advanced"] for s in samples),
             "key_latency_ms_median": statistics.median(latencies), "key_latency_ms_max": max(latencies),
+            "key_latency_ms_p95": sorted(latencies)[max(0, round(0.95 * len(latencies)) - 1)],
+            "presses_over_200_ms": sum(latency > 200 for latency in latencies),
+            # Resident memory averaged over two-minute windows (12 samples), to see a drift.
+            "rss_mib_window_means": [statistics.mean(rss[i:i + 12]) for i in range(0, len(rss), 12)],
             "rss_mib_after_1_min": early, "rss_mib_end": rss[-1], "rss_mib_max": max(rss),
-            "total_steps": samples[-1]["steps"], "samples_detail": samples}
+            "total_steps": samples[-1]["steps"], "full_collections": len(full_collections),
+            "full_collection_ms_max": 1000 * max(full_collections, default=0.0), "samples_detail": samples}
 
 
 def main() -> None:
@@ -230,11 +249,15 @@ def main() -> None:
               f"{k['resumed_bit_identical']}/{k['with_checkpoint']} |\n")
     if "soak" in report:
         s = report["soak"]
-        print("| soak | samples | every run advanced | key latency median / max | RSS after 1 min / end / max |")
-        print("| --- | --- | --- | --- | --- |")
+        print("| soak | samples | every run advanced | key latency median / p95 / max (over 200 ms) "
+              "| RSS after 1 min / end / max | RSS per two minutes | full collections (longest) |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        windows = " / ".join(f"{m:,.0f}" for m in s["rss_mib_window_means"])
         print(f"| {s['runs']} runs, {s['minutes']:g} min | {s['samples']} | {s['every_run_advanced_every_sample']} | "
-              f"{s['key_latency_ms_median']:.0f} / {s['key_latency_ms_max']:.0f} ms | "
-              f"{s['rss_mib_after_1_min']:.0f} / {s['rss_mib_end']:.0f} / {s['rss_mib_max']:.0f} MiB |")
+              f"{s['key_latency_ms_median']:.0f} / {s['key_latency_ms_p95']:.0f} / {s['key_latency_ms_max']:.0f} ms "
+              f"({s['presses_over_200_ms']}) | "
+              f"{s['rss_mib_after_1_min']:,.0f} / {s['rss_mib_end']:,.0f} / {s['rss_mib_max']:,.0f} MiB | "
+              f"{windows} MiB | {s['full_collections']} ({s['full_collection_ms_max']:.0f} ms) |")
 
 
 if __name__ == "__main__":

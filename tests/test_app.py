@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from textual.widgets import DataTable, OptionList
+from textual.widgets import DataTable, OptionList, TabPane
 
 from cifartui.engine import events as ev
 from cifartui.engine.checkpoint import load_checkpoint
@@ -492,3 +492,50 @@ def test_picker_previews_the_chosen_augmentation(tmp_path: Path) -> None:
                 original, *draws = [image for _, image in screen.tiles[start:start + 4]]
                 assert all(np.array_equal(original, draw) for draw in draws)
     run(scenario())
+
+
+def test_full_collections_wait_for_a_pause_in_typing_and_epochs_table_keeps_the_latest(tmp_path: Path) -> None:
+    import gc
+
+    from cifartui.ui import app as app_module
+    from cifartui.ui.widgets.run_panel import EPOCH_ROWS
+
+    before = gc.get_threshold()
+    full_collections: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            full_collections.append(1)
+
+    async def scenario() -> None:
+        app = make_app(runs_dir=tmp_path / "runs", offer_resume=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            assert gc.get_threshold()[2] == app_module.AUTOMATIC_FULL_COLLECTIONS_OFF
+            gc.callbacks.append(count)
+            try:
+                now = time.monotonic()
+                app._last_full_collection = now - app_module.FULL_COLLECTION_EVERY_S - 1
+                await pilot.press("question_mark")  # the user is at the keys: not now
+                assert not app.collect_garbage_when_idle() and not full_collections
+                await pilot.press("escape")
+                app._last_input = time.monotonic() - app_module.IDLE_BEFORE_COLLECTION_S  # a pause
+                assert app.collect_garbage_when_idle() and len(full_collections) == 1
+                assert not app.collect_garbage_when_idle()  # one a minute at most
+                app._last_input = time.monotonic()  # typing without a pause for five minutes
+                app._last_full_collection = time.monotonic() - app_module.FULL_COLLECTION_AT_LATEST_S
+                assert app.collect_garbage_when_idle() and len(full_collections) == 2
+            finally:
+                gc.callbacks.remove(count)
+
+            panel = RunPanel("run-x", "x", id="panel-run-x")
+            await app.query_one("#runs").add_pane(TabPane("x", panel))
+            await pilot.pause()
+            for epoch in range(EPOCH_ROWS + 10):
+                panel.apply(ev.EpochEnded(epoch=epoch, step=10 * epoch, train_loss=1.0, train_top1=50.0,
+                                          val_loss=None, val_top1=None, val_top5=None, lr=0.1, seconds=1.0))
+            await pilot.pause()
+            table = panel.query_one("#epochs-table", DataTable)
+            assert table.row_count == EPOCH_ROWS
+            assert table.get_row_at(0)[0] == "11" and table.get_row_at(EPOCH_ROWS - 1)[0] == str(EPOCH_ROWS + 10)
+    run(scenario())
+    assert gc.get_threshold() == before  # Python's own full collections again after the app

@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -127,6 +127,29 @@ class CifarTuiApp(App[int]):
             self._trainer_factory = Trainer
         return self._trainer_factory
 
+    def _schedule_full_collections(self) -> None:
+        self._gc_threshold = gc.get_threshold()
+        young, middle, _ = self._gc_threshold
+        gc.set_threshold(young, middle, AUTOMATIC_FULL_COLLECTIONS_OFF)
+        self._last_input = self._last_full_collection = time.monotonic()
+        self.set_interval(FULL_COLLECTION_CHECK_S, self.collect_garbage_when_idle)
+
+    def collect_garbage_when_idle(self) -> bool:
+        """A full collection now if one is due and the user is not at the keys; True if it ran."""
+        now = time.monotonic()
+        since_collection = now - self._last_full_collection
+        idle = now - self._last_input >= IDLE_BEFORE_COLLECTION_S
+        if not (since_collection >= FULL_COLLECTION_AT_LATEST_S or (idle and since_collection >= FULL_COLLECTION_EVERY_S)):
+            return False
+        gc.collect()
+        self._last_full_collection = time.monotonic()
+        return True
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, (events.Key, events.MouseDown)):
+            self._last_input = time.monotonic()
+        await super().on_event(event)
+
     def on_mount(self) -> None:
         # Import PyTorch while the user looks at the first screen, so that launching a run
         # does not wait for it and the screen does not wait for PyTorch.
@@ -134,6 +157,7 @@ class CifarTuiApp(App[int]):
         # Training threads release the interpreter lock in every tensor operation, but the
         # screen must not wait the default 5 ms each time it asks for it back.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        self._schedule_full_collections()
         self._install_signal_handlers()
         self._layout_for(self.size.width, self.size.height)
         for config in self.initial:
@@ -493,6 +517,9 @@ class CifarTuiApp(App[int]):
         """However the app ends, no paused or running training thread is left waiting."""
         for handle in self.active_handles():
             handle.control.stop("app closed")
+        threshold = getattr(self, "_gc_threshold", None)
+        if threshold is not None:
+            gc.set_threshold(*threshold)  # Python's own full collections again
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -524,8 +551,16 @@ def _exit_soon(seconds: float) -> None:
 
 
 SWITCH_INTERVAL_S = 0.001
-# Full garbage collections after this many middle-generation ones (Python's default is 10).
-FULL_COLLECTION_EVERY = 100
+# Full garbage collections hold every thread for 40-200 ms with four runs on screen (the
+# screen's render caches are many small objects), so Python's automatic ones are
+# switched off while the app runs and the app runs one itself: once a minute when no key
+# or click came in the last IDLE_BEFORE_COLLECTION_S, and at the latest every five
+# minutes. Young objects are still collected automatically, as often as before.
+FULL_COLLECTION_CHECK_S = 5.0
+FULL_COLLECTION_EVERY_S = 60.0
+FULL_COLLECTION_AT_LATEST_S = 300.0
+IDLE_BEFORE_COLLECTION_S = 2.0
+AUTOMATIC_FULL_COLLECTIONS_OFF = 2**30
 # Training threads run this much nicer than the screen, so that a key is answered at
 # once even when several CPU runs keep every core busy (Linux sets nice per thread).
 TRAINING_NICENESS = 10
@@ -566,12 +601,9 @@ def _import_engine() -> None:
     import cifartui.engine.trainer  # noqa: F401
 
     # Everything imported so far lives as long as the process. Moved out of the cyclic
-    # collector's reach, it no longer makes each full collection a pause of 100-200 ms
-    # (measured with four runs in the app), during which no key would be answered; and
-    # full collections become rarer (young objects are still collected as often).
+    # collector's reach, it no longer lengthens each full collection (100-200 ms more,
+    # measured with four runs in the app), during which no key would be answered.
     gc.freeze()
-    young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
 def make_app(*, runs_dir: Path | None = None, data_dir: Path | None = None,

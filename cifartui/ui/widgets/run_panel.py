@@ -18,7 +18,7 @@ from cifartui.ui.widgets.device import DevicePanel
 
 SPARK_POINTS = 120
 # The screen shows the latest epochs and events; the whole history is in metrics.jsonl.
-EPOCH_ROWS = 200
+EPOCH_ROWS = 50
 LOG_LINES = 300
 
 
