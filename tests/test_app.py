@@ -406,7 +406,8 @@ def test_inspect_view_shows_heatmap_per_class_table_mistakes_and_summary(tmp_pat
             assert "▀" in str(mistakes.first().query_one(".picture", Static).render())
             caption = str(mistakes.first().query_one(".caption", Static).render())
             assert f"true {result.class_names[result.labels[first]]}" in caption
-            assert f"said {result.class_names[result.predictions[first]]} {100 * result.confidence[first]:.0f}%" in caption
+            said = result.class_names[result.predictions[first]]
+            assert f"said {said} {100 * result.confidence[first]:.0f}%" in caption
             await pilot.press("d")  # random test images, right or wrong
             await pilot.pause()
             random_draw = list(screen.shown)

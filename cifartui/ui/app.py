@@ -106,6 +106,7 @@ class CifarTuiApp(App[int]):
         self.offer_resume = offer_resume
         self.handles: dict[str, RunHandle] = {}
         self._panels: dict[str, RunPanel] = {}
+        self._gc_threshold: tuple[int, int, int] | None = None  # Python's, while the app runs its own
         self.comparison: list[Path] = []
         self._counter = 0
         self._shutting_down = False
@@ -139,7 +140,8 @@ class CifarTuiApp(App[int]):
         now = time.monotonic()
         since_collection = now - self._last_full_collection
         idle = now - self._last_input >= IDLE_BEFORE_COLLECTION_S
-        if not (since_collection >= FULL_COLLECTION_AT_LATEST_S or (idle and since_collection >= FULL_COLLECTION_EVERY_S)):
+        due = since_collection >= FULL_COLLECTION_AT_LATEST_S or (idle and since_collection >= FULL_COLLECTION_EVERY_S)
+        if not due:
             return False
         gc.collect()
         self._last_full_collection = time.monotonic()
@@ -517,9 +519,8 @@ class CifarTuiApp(App[int]):
         """However the app ends, no paused or running training thread is left waiting."""
         for handle in self.active_handles():
             handle.control.stop("app closed")
-        threshold = getattr(self, "_gc_threshold", None)
-        if threshold is not None:
-            gc.set_threshold(*threshold)  # Python's own full collections again
+        if self._gc_threshold is not None:
+            gc.set_threshold(*self._gc_threshold)  # Python's own full collections again
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():

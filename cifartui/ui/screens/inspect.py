@@ -1,4 +1,4 @@
-"""A run's Inspect view: confusion heatmap, per-class accuracy, confident mistakes, model summary.
+"""A run's Inspect view: confusion heatmap, per-class accuracy, sample images, model summary.
 
 The test set is evaluated with the run's best checkpoint (or its last when it has no
 best) in a thread worker, so the screen and any training stay responsive meanwhile.
@@ -34,8 +34,8 @@ class InspectScreen(Screen[None]):
         Binding("1", "show_tab('tab-confusion')", "Confusion"),
         Binding("2", "show_tab('tab-classes')", "Per class"),
         Binding("3", "show_tab('tab-samples')", "Samples"),
-        Binding("d", "draw_samples", "Draw samples"),
         Binding("4", "show_tab('tab-model')", "Model"),
+        Binding("d", "draw_samples", "Draw samples"),
     ]
 
     def __init__(self, run_dir: Path, *, data_dir: Path | None = None, checkpoint: str = "best") -> None:
