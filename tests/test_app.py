@@ -373,12 +373,24 @@ def _trained_run(tmp_path: Path, **dataset: object) -> Path:
     return run_dir
 
 
+async def open_inspect(pilot, app, run_dir: Path):  # noqa: ANN001, ANN201
+    """The Inspect view of `run_dir`, once its test-set evaluation is on screen."""
+    from cifartui.ui.screens.inspect import InspectScreen
+
+    app.inspect_run(run_dir)
+    await pilot.pause()
+    screen = app.screen
+    assert isinstance(screen, InspectScreen)
+    await wait_for(pilot, lambda: screen.result is not None, timeout=60)
+    return screen
+
+
 def test_inspect_view_shows_heatmap_per_class_table_mistakes_and_summary(tmp_path: Path) -> None:
     from textual.widgets import Static, TabbedContent
 
     from cifartui.ui.screens.inspect import InspectScreen
 
-    run_dir = _trained_run(tmp_path)
+    _trained_run(tmp_path)  # opened from history below
 
     async def scenario() -> None:
         app = make_app(runs_dir=tmp_path / "runs", offer_resume=False)
@@ -428,7 +440,6 @@ def test_inspect_view_shows_heatmap_per_class_table_mistakes_and_summary(tmp_pat
 def test_inspect_view_of_cifar100_groups_into_superclasses_and_zooms(tmp_path: Path) -> None:
     from textual.widgets import Select, Static
 
-    from cifartui.ui.screens.inspect import InspectScreen
     from tests.conftest import make_cifar_folder
 
     make_cifar_folder(tmp_path / "data", "cifar100", per_file=1000)  # every class in the files
@@ -437,11 +448,7 @@ def test_inspect_view_of_cifar100_groups_into_superclasses_and_zooms(tmp_path: P
     async def scenario() -> None:
         app = make_app(runs_dir=tmp_path / "runs", data_dir=tmp_path / "data", offer_resume=False)
         async with app.run_test(size=(100, 30)) as pilot:
-            app.inspect_run(run_dir)
-            await pilot.pause()
-            screen = app.screen
-            assert isinstance(screen, InspectScreen)
-            await wait_for(pilot, lambda: screen.result is not None, timeout=60)
+            screen = await open_inspect(pilot, app, run_dir)
             assert screen.result.superclass_confusion().shape == (20, 20)
             heat = str(screen.query_one("#heatmap", Static).render())
             rows = heat.splitlines()[1:]

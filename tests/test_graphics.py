@@ -131,19 +131,14 @@ def _image(seed: int = 0) -> np.ndarray:
 def test_sixel_samples_in_the_inspect_view(tmp_path: Path) -> None:
     from textual_image.widget import SixelImage
 
-    from cifartui.ui.screens.inspect import InspectScreen
-    from tests.test_app import _trained_run
+    from tests.test_app import _trained_run, open_inspect
 
     run_dir = _trained_run(tmp_path)
 
     async def scenario() -> None:
         app = make_app(runs_dir=tmp_path / "runs", offer_resume=False, image_mode="sixel")
         async with app.run_test(size=(100, 30)) as pilot:
-            app.inspect_run(run_dir)
-            await pilot.pause()
-            screen = app.screen
-            assert isinstance(screen, InspectScreen)
-            await wait_for(pilot, lambda: screen.result is not None, timeout=60)
+            screen = await open_inspect(pilot, app, run_dir)
             tile = screen.query(".sample").first()
             picture = tile.query_one(".picture")
             assert isinstance(picture, SixelImage)
