@@ -1,0 +1,167 @@
+"""`presets`, `runs` and `export`: what can be trained, what has been, and its history as files."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from cifartui import presets
+from cifartui.cli.common import EXIT_OK, EXIT_USAGE, pct as _pct
+from cifartui.config import ConfigError, RunConfig, field_docs
+
+
+def add_parsers(commands: Any) -> None:
+    listing = commands.add_parser("presets", help="list presets, or show one resolved with its model summary")
+    listing.set_defaults(handler=cmd_presets)
+    listing.add_argument("name", nargs="?")
+    listing.add_argument("--settings", action="store_true", help="document every setting a preset can hold")
+
+    runs = commands.add_parser("runs", help="list runs with status, epochs and best accuracy")
+    runs.set_defaults(handler=cmd_runs)
+    runs.add_argument("--runs-dir", type=Path)
+
+    export = commands.add_parser("export", help="the metrics history as CSV, JSON, TensorBoard files or a PNG plot")
+    export.set_defaults(handler=cmd_export)
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--format", choices=("csv", "json", "tensorboard", "png"), required=True)
+    export.add_argument("-o", "--output", type=Path, help="file to write (csv, json: default standard output; "
+                        "png: default RUN_DIR/metrics.png) or folder (tensorboard: default RUN_DIR/tensorboard)")
+
+
+def cmd_presets(args: argparse.Namespace, console: Console) -> int:
+    if args.settings:
+        table = Table(title="Preset settings", show_lines=False)
+        for column in ("key", "type", "default", "meaning"):
+            table.add_column(column, overflow="fold")
+        for key, kind, doc, default in field_docs(RunConfig):
+            table.add_row(key, kind, json.dumps(default), doc)
+        console.print(table)
+        return EXIT_OK
+    if args.name:
+        return _show_preset(args.name, console)
+    table = Table(title="Presets")
+    table.add_column("name", no_wrap=True)
+    for column in ("dataset", "model", "optimizer", "schedule", "epochs", "reference"):
+        table.add_column(column, overflow="fold")
+    problems = []
+    for name, entry in presets.available().items():
+        try:
+            config = presets.load(str(entry.path))
+        except ConfigError as error:
+            problems.append(str(error))
+            continue
+        reference = config.reference
+        ref = " / ".join(part for part in (f"top-1 {reference.top1:g}%" if reference.top1 else "",
+                                           f"top-5 {reference.top5:g}%" if reference.top5 else "") if part)
+        steps = f"{config.train.max_steps} it" if config.train.max_steps else str(config.train.epochs)
+        table.add_row(name + ("" if entry.builtin else " (user)"), config.dataset.name, config.model.name,
+                      config.optimizer.name, config.optimizer.schedule.name, steps, ref or "-")
+    console.print(table)
+    for part in ("dataset", "model", "optimizer", "augment"):
+        names = ", ".join(presets.available(part)) or "-"
+        console.print(f"[bold]{part} parts:[/] {names}", highlight=False, soft_wrap=True)
+    for problem in problems:
+        Console(stderr=True).print(f"[yellow]skipped:[/] {problem}", highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
+def _show_preset(name: str, console: Console) -> int:
+    from cifartui.engine.models import build_model, summarize
+
+    config = presets.load(name)
+    console.print(f"[bold]{config.name}[/]: {config.description}", highlight=False, soft_wrap=True)
+    table = Table(show_header=True, title="Resolved configuration")
+    table.add_column("key")
+    table.add_column("value", overflow="fold")
+
+    def flatten(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                flatten(f"{prefix}.{key}" if prefix else key, child)
+        else:
+            table.add_row(prefix, json.dumps(value))
+    flatten("", config.to_dict())
+    console.print(table)
+    summary = summarize(build_model(config.model, config.dataset.num_classes), config.model.name)
+    layers = Table(title=f"Model {summary.name}: {summary.total_parameters:,} parameters")
+    for column in ("layer", "kind", "output shape", "parameters"):
+        layers.add_column(column, justify="right" if column == "parameters" else "left")
+    for row in summary.layers:
+        layers.add_row(row.name, row.kind, "x".join(map(str, row.output_shape)), f"{row.parameters:,}")
+    console.print(layers)
+    return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace, console: Console) -> int:
+    from cifartui.engine.runs import default_runs_dir, list_runs
+
+    runs_dir = args.runs_dir or default_runs_dir()
+    infos, problems = list_runs(runs_dir)
+    if not infos and not problems:
+        console.print(f"No runs in {runs_dir}. Start one with: cifartui train demo-synthetic", highlight=False, soft_wrap=True)
+        return EXIT_OK
+    table = Table(title=f"Runs in {runs_dir}", box=box.SIMPLE_HEAD)
+    # The run directory's name already holds the UTC start time and the preset.
+    table.add_column("run", no_wrap=True)
+    for column in ("status", "epochs", "best val", "test"):
+        table.add_column(column, no_wrap=True, justify="left" if column == "status" else "right")
+    for info in infos:
+        table.add_row(info.path.name, info.status, f"{info.epochs_done}/{info.epochs_total}",
+                      _pct(info.best_val_top1), _pct(info.test_top1))
+    console.print(table)
+    for problem in problems:
+        Console(stderr=True).print(f"[yellow]unreadable run:[/] {problem}", highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from cifartui.engine.runs import read_config, read_metrics
+
+    config = read_config(args.run_dir)  # a clear error when this is not a run directory
+    events = read_metrics(args.run_dir)
+    if args.format in ("tensorboard", "png"):
+        from cifartui.exports import ExportUnavailable, export_png, export_tensorboard
+
+        try:
+            if args.format == "tensorboard":
+                written = export_tensorboard(events, args.output or args.run_dir / "tensorboard")
+                console.print(f"Wrote TensorBoard event files to {written}; view them with: "
+                              f"tensorboard --logdir {written}", highlight=False, soft_wrap=True)
+            else:
+                written = export_png(events, args.output or args.run_dir / "metrics.png",
+                                     title=f"{config.name}: {args.run_dir.name}")
+                console.print(f"Wrote {written}", highlight=False, soft_wrap=True)
+        except ExportUnavailable as error:
+            Console(stderr=True).print(f"[bold red]error:[/] {escape(str(error))}", highlight=False,
+                                       soft_wrap=True)
+            return EXIT_USAGE
+        return EXIT_OK
+    if args.format == "json":
+        text = json.dumps(events, indent=2) + "\n"
+    else:
+        rows = [e for e in events if e["event"] in ("StepMetrics", "EpochEnded", "RunFinished")]
+        columns: list[str] = []
+        for row in rows:
+            columns += [key for key, value in row.items()
+                        if key not in columns and not isinstance(value, (dict, list))]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buffer.getvalue()
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+        console.print(f"Wrote {args.output}", highlight=False, soft_wrap=True)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
