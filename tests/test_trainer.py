@@ -63,7 +63,11 @@ def test_a_run_reports_everything_and_fills_its_directory(tmp_path: Path) -> Non
     for key in ("test_top1", "test_top5", "test_loss", "best_val_top1", "epochs", "images_per_s", "run_dir"):
         assert key in summary
     lines = read_metrics(run)
-    assert lines[0]["event"] == "RunStarted" and lines[-1]["event"] == "RunFinished"
+    kinds = [line["event"] for line in lines]
+    assert kinds[:3] == ["PhaseStarted", "PhaseStarted", "RunStarted"] and kinds[-1] == "RunFinished"
+    assert [e.phase for e in recorder.of(ev.PhaseStarted)] == ["loading data", "building model", "warming up"]
+    # The current pace goes out with the session average.
+    assert all(s.ms_per_step > 0 and s.recent_images_per_s > 0 for s in steps)
     assert read_status(run)["status"] == "finished"
     # Events carry plain values only.
     for event in recorder.events:

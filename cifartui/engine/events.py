@@ -46,15 +46,26 @@ class RunStarted(Event):
 
 
 @dataclass(frozen=True)
+class PhaseStarted(Event):
+    """What a run is busy with before and around its first steps, which can take a while."""
+
+    phase: str  # "loading data", "building model", "warming up"
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class StepMetrics(Event):
     step: int
     epoch: int
     loss: float
     top1: float
     lr: float
-    images_per_s: float
-    eta_s: float
+    images_per_s: float  # since this session of the run started
+    eta_s: float  # from the current rate
     total_steps: int
+    # Since the previous StepMetrics: what the run is doing now, not on average.
+    recent_images_per_s: float = 0.0
+    ms_per_step: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -160,7 +171,7 @@ class RunFailed(Event):
 
 
 EVENT_TYPES = {cls.__name__: cls for cls in (
-    RunStarted, StepMetrics, EpochEnded, LRChanged, DropoutChanged, CheckpointSaved, CheckpointFailed,
+    PhaseStarted, RunStarted, StepMetrics, EpochEnded, LRChanged, DropoutChanged, CheckpointSaved, CheckpointFailed,
     RunPaused, RunResumed, LossNotFinite, MemoryExhausted, RunStopped, RunFinished, RunFailed)}
 
 Listener = Callable[[Event], None]

@@ -221,6 +221,7 @@ class Trainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
 
+        self._emit(ev.PhaseStarted("loading data", config.dataset.name))
         if not self.dist.is_main:
             self.dist.barrier()  # rank 0 downloads and checks the data first
         dataset = load_dataset(config.dataset, self.data_dir, log=self.log)
@@ -241,6 +242,7 @@ class Trainer:
         self.preprocess.fit(self.train_x, seed).to(self.device)
         self.augment = Augmenter(config.augment)
 
+        self._emit(ev.PhaseStarted("building model", config.model.name))
         self.model = build_model(config.model, dataset.num_classes).to(self.device)
         if hasattr(self.model, "init_from_data"):  # layers set from the data, such as patch whitening
             self.model.init_from_data(self.preprocess(self.train_x[:5000]))
@@ -431,6 +433,7 @@ class Trainer:
 
     def _train(self) -> RunResult:
         self._clock = None
+        self._last_emit_mark: tuple[int, float] | None = None
         self._dropout_applied_at = -1
         self._paused_reason = None
         self._setup()
@@ -448,6 +451,7 @@ class Trainer:
         last_emit, steps_since_emit = time.monotonic(), 0
         self.last_checkpoint_time = time.monotonic()
         session_start_step, session_start_seconds = p.step, p.train_seconds
+        self._emit(ev.PhaseStarted("warming up", "first steps"))
         self._clock_start()
 
         while p.step < self.total_steps:
@@ -528,12 +532,21 @@ class Trainer:
         loss_sum, correct, count = window.tolist()
         elapsed = p.train_seconds + (time.perf_counter() - self._clock if self._clock else 0.0)
         session_steps = p.step - start_step
-        per_step = (elapsed - start_seconds) / session_steps if session_steps else 0.0
         rate = (session_steps * self.config.train.batch_size) / max(elapsed - start_seconds, 1e-9)
+        # The current pace: steps and training time since the previous emit (pauses,
+        # evaluations and checkpoints are outside the clock, so they do not count).
+        previous_step, previous_elapsed = self._last_emit_mark or (start_step, start_seconds)
+        recent_steps, recent_seconds = p.step - previous_step, elapsed - previous_elapsed
+        self._last_emit_mark = (p.step, elapsed)
+        ms_per_step = 1000.0 * recent_seconds / recent_steps if recent_steps > 0 and recent_seconds > 0 else 0.0
+        recent_rate = self.config.train.batch_size * 1000.0 / ms_per_step if ms_per_step else rate
+        per_step = ms_per_step / 1000.0 if ms_per_step else (
+            (elapsed - start_seconds) / session_steps if session_steps else 0.0)
         self._emit(ev.StepMetrics(
             step=p.step, epoch=p.epoch, loss=loss_sum / count if count else float("nan"),
             top1=100.0 * correct / count if count else 0.0, lr=self.current_lr,
-            images_per_s=rate, eta_s=per_step * (self.total_steps - p.step), total_steps=self.total_steps))
+            images_per_s=rate, eta_s=per_step * (self.total_steps - p.step), total_steps=self.total_steps,
+            recent_images_per_s=recent_rate, ms_per_step=ms_per_step))
 
     def _non_finite(self, step: int, epoch: int, value: float) -> None:
         p = self.progress
