@@ -15,6 +15,7 @@ import torch
 
 from cifartui.cli import main
 from cifartui.engine.checkpoint import load_checkpoint
+from cifartui.engine.runs import RunLock
 from tests.conftest import malicious_pickle
 
 SLOW_ENOUGH_PRESET = """
@@ -152,11 +153,48 @@ def test_partial_last_metrics_line_still_lists(tmp_path: Path, capsys: pytest.Ca
 def test_resume_refuses_a_run_another_process_is_training(tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     run = _tiny_run(tmp_path)
+    before = (run / "metrics.jsonl").read_bytes()
+    with RunLock(run):  # as a process training the run holds it
+        started = time.monotonic()
+        assert main(["resume", str(run), "--epochs", "3"]) == 2
+        assert time.monotonic() - started < 5
+    error = capsys.readouterr().err
+    assert "is being trained right now by process" in error and str(os.getpid()) in error
+    assert (run / "metrics.jsonl").read_bytes() == before  # nothing written by the refused process
+
+
+@pytest.mark.parametrize("pid", ["own", 1, 2**70, "text"])
+def test_a_stale_pid_in_status_does_not_block_a_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      pid: object) -> None:
+    run = _tiny_run(tmp_path)
     status = json.loads((run / "status.json").read_text())
-    status.update(status="running", pid=os.getppid())  # a live process on this host
+    # After a container restart the new process can even get the old pid.
+    status.update(status="running", pid=os.getpid() if pid == "own" else pid)
     (run / "status.json").write_text(json.dumps(status))
-    assert main(["resume", str(run), "--epochs", "3"]) == 2
-    assert "is being trained right now" in capsys.readouterr().err
+    assert main(["runs", "--runs-dir", str(run.parent)]) == 0
+    assert "interrupted" in capsys.readouterr().out
+    assert main(["resume", str(run), "--epochs", "3"]) == 0
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+
+
+def test_two_resumes_started_together_train_the_run_once(tmp_path: Path) -> None:
+    preset = tmp_path / "slow.toml"
+    preset.write_text(SLOW_ENOUGH_PRESET.replace("epochs = 2", "epochs = 1"))
+    runs = tmp_path / "runs"
+    first = _cli("train", str(preset), "--runs-dir", str(runs), "--set", "train.max_steps=30")
+    assert first.wait(timeout=240) == 0, first.stderr.read()
+    run = _only_run(runs)
+    extend = ("resume", str(run), "--epochs", "2")
+    one, two = _cli(*extend), _cli(*extend)
+    codes = sorted([one.wait(timeout=300), two.wait(timeout=300)])
+    assert codes == [0, 2]
+    loser = one if one.returncode == 2 else two
+    assert "is being trained right now" in loser.stderr.read()
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    starts = [e for e in events if e["event"] == "RunStarted"]
+    assert len(starts) == 2  # the first train and one resume, not two
+    steps = [e["step"] for e in events if e["event"] == "StepMetrics"]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))
 
 
 def test_headless_non_finite_loss_stops_with_finite_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

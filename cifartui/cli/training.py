@@ -89,30 +89,38 @@ def cmd_app(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
     from cifartui.engine.distributed import from_environment
-    from cifartui.engine.runs import default_runs_dir, new_run_dir
+    from cifartui.engine.runs import RunLock, default_runs_dir, new_run_dir
 
     config = _config_from_args(args)
     distributed = from_environment()  # one process, or this process's place in a torchrun job
     run_dir = new_run_dir(args.runs_dir or default_runs_dir(), config.name) if distributed.is_main else None
-    return _run(config, distributed.broadcast_path(run_dir), args, console, resume=False)
+    lock = RunLock(run_dir).acquire() if run_dir is not None else None
+    return _run(config, distributed.broadcast_path(run_dir), args, console, resume=False, lock=lock)
 
 
 def cmd_resume(args: argparse.Namespace, console: Console) -> int:
-    from cifartui.engine.runs import write_json_atomic
+    from cifartui.engine.distributed import from_environment
+    from cifartui.engine.runs import RunLock, write_json_atomic
     from cifartui.engine.trainer import check_resumable
 
     run_dir = args.run_dir
-    config = check_resumable(run_dir, extending=args.epochs is not None)
-    if args.epochs is not None:
-        config = replace_path(config, "train.epochs", args.epochs, "--epochs")
-        config = replace_path(config, "train.max_steps", 0, "--epochs")
-    if args.device is not None:
-        config = replace_path(config, "train.device", args.device, "--device")
-    from cifartui.engine.distributed import from_environment
-
-    if from_environment().is_main:
-        write_json_atomic(run_dir / "config.json", config.to_dict())
-    return _run(config, run_dir, args, console, resume=True)
+    main_process = from_environment().is_main
+    # The run's lock before anything else: a second `resume` of the same run stops here.
+    lock = RunLock(run_dir).acquire() if main_process else None
+    try:
+        config = check_resumable(run_dir, extending=args.epochs is not None, lock=lock)
+        if args.epochs is not None:
+            config = replace_path(config, "train.epochs", args.epochs, "--epochs")
+            config = replace_path(config, "train.max_steps", 0, "--epochs")
+            if main_process:
+                write_json_atomic(run_dir / "config.json", config.to_dict())
+        if args.device is not None:  # this session's device only; the run's configuration keeps its own
+            config = replace_path(config, "train.device", args.device, "--device")
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return _run(config, run_dir, args, console, resume=True, lock=lock)
 
 
 def _check_model(config: RunConfig) -> None:
@@ -124,7 +132,8 @@ def _check_model(config: RunConfig) -> None:
     DropoutSchedule(config.dropout_schedule, model, steps_per_epoch=1)
 
 
-def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Console, *, resume: bool) -> int:
+def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Console, *, resume: bool,
+         lock: Any = None) -> int:
     from cifartui.engine import distributed
     from cifartui.engine.trainer import RunControl, Trainer
 
@@ -135,7 +144,7 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
     display = ProgressDisplay(console, control)
     trainer = Trainer(config, run_dir, data_dir=args.data_dir, listeners=[display], control=control,
                       resume=resume, log=lambda text: console.print(text, highlight=False, soft_wrap=True),
-                      distributed=job)
+                      distributed=job, lock=lock)
     if job.enabled:
         console.print(f"Data parallel: {job.world_size} processes ({torch_backend()}), "
                       f"global batch {config.train.batch_size}", highlight=False)

@@ -3,13 +3,19 @@
     runs/<UTC time>-<preset>/
         config.json        the fully resolved RunConfig
         metrics.jsonl      one JSON object per event, append-only
-        status.json        running / paused / stopped / finished / failed, with the pid
+        status.json        starting / running / paused / stopped / finished / failed, with the pid
         summary.json       written when the run finishes
         checkpoints/last.pt, checkpoints/best.pt
+        .lock              locked (flock) by the one process that trains the run
+
+Whether a run is being trained is decided by the lock alone, not by the pid in
+status.json: a pid can be reused (after a container restart the new process may even
+get the old one), and a process that was killed holds no lock.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -58,6 +64,114 @@ class RunDirError(Exception):
     """A run directory is missing or unreadable; the message names the file."""
 
 
+class RunBusy(RunDirError):
+    """Another process (or another run of this app) trains this run right now."""
+
+
+LOCK_NAME = ".lock"
+# Someone only looking (history, `cifartui runs`) holds the lock shared for a moment;
+# a process that wants to train waits this long for such a look to end.
+LOCK_PATIENCE_S = 1.0
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None  # type: ignore[assignment]
+
+
+class RunLock:
+    """The exclusive lock of a run directory, held for as long as a process trains the run.
+
+    An OS lock (flock) on `RUN_DIR/.lock`: the kernel drops it when the process ends,
+    however it ends, so a lock is never stale. Locks belong to an open file, so two
+    threads of one process (two tabs of the app) exclude each other as two processes do.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, patience_s: float = LOCK_PATIENCE_S) -> "RunLock":
+        """Take the lock, or raise RunBusy naming who holds it (RunDirError if it cannot be taken)."""
+        if self._fd is not None:
+            return self
+        if not self.run_dir.is_dir():
+            raise RunDirError(f"{self.run_dir}: no such run directory")
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            raise RunDirError(f"{self.run_dir}: cannot lock the run directory to train it: "
+                              f"{error.strerror or error} (is it read-only?)") from None
+        if fcntl is None:  # pragma: no cover
+            self._fd = fd
+            return self
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as error:
+                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                if time.monotonic() >= deadline:
+                    holder = _read_holder(fd)
+                    os.close(fd)
+                    raise RunBusy(f"{self.run_dir} is being trained right now by {holder}; stop it first "
+                                  f"(or `cifartui control {self.run_dir} stop`)") from None
+                time.sleep(0.02)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the file drops the lock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"process {int(data['pid'])} on {data['host']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def is_locked(run_dir: Path) -> bool:
+    """Whether some process holds the run's lock, i.e. trains it now. Never raises.
+
+    It asks by taking a shared lock for an instant: a process that wants the exclusive
+    lock at that very moment waits for it (LOCK_PATIENCE_S) rather than failing.
+    """
+    path = Path(run_dir) / LOCK_NAME
+    if fcntl is None:  # pragma: no cover
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False  # no lock file: nobody has trained it since locks existed, or it is unreadable
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also drops the shared lock, if it was taken
+    return False
+
+
 def read_config(run_dir: Path) -> RunConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
@@ -77,25 +191,22 @@ def write_status(run_dir: Path, status: str, **extra: Any) -> None:
         "status": status, "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time(), **extra})
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+LIVE_STATUSES = ("starting", "running", "paused")
 
 
-def read_status(run_dir: Path) -> dict[str, Any]:
-    """The run's status; a running or paused run whose process is gone reads as interrupted."""
+def read_status(run_dir: Path, *, assume_unlocked: bool = False) -> dict[str, Any]:
+    """The run's status; a live status whose run nobody trains any more reads as interrupted.
+
+    `assume_unlocked` is for the process that holds the lock itself, about to train the run.
+    """
     path = Path(run_dir) / "status.json"
     try:
         status = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {"status": "unknown"}
-    if (status.get("status") in ("running", "paused") and status.get("host") == socket.gethostname()
-            and isinstance(status.get("pid"), int) and not _pid_alive(status["pid"])):
+    if not isinstance(status, dict) or not isinstance(status.get("status"), str):
+        return {"status": "unknown"}
+    if status["status"] in LIVE_STATUSES and (assume_unlocked or not is_locked(run_dir)):
         status["status"] = "interrupted"
     return status
 

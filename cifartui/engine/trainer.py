@@ -35,7 +35,8 @@ from cifartui.engine.data import load_dataset, split_validation
 from cifartui.engine.distributed import Distributed
 from cifartui.engine.models import build_model, dropout_rates, summarize
 from cifartui.engine.optim import build_optimizer, step_unless
-from cifartui.engine.runs import read_config, read_status, write_json_atomic, write_status
+from cifartui.engine.runs import (RunBusy, RunLock, is_locked, read_config, read_status, write_json_atomic,
+                                  write_status)
 from cifartui.engine.schedules import DropoutSchedule, LRSchedule
 
 # Step metrics go out at most this often, whatever log_every says.
@@ -140,8 +141,11 @@ class Trainer:
     def __init__(self, config: RunConfig, run_dir: Path, *, data_dir: Path | None = None,
                  listeners: list[ev.Listener] | None = None, control: RunControl | None = None,
                  resume: bool = False, log: Callable[[str], None] | None = None,
-                 distributed: Distributed | None = None):
+                 distributed: Distributed | None = None, lock: RunLock | None = None):
         self.dist = distributed or Distributed()
+        # The run directory's lock, taken before anything else in run() unless the caller
+        # already holds it; released when the run ends, however it ends.
+        self.lock = lock
         self.config = config
         self.run_dir = Path(run_dir)
         self.data_dir = data_dir
@@ -164,29 +168,49 @@ class Trainer:
         return self.thread
 
     def run(self) -> RunResult:
-        """Train in the calling thread. Raises what made the run fail, after RunFailed is out."""
+        """Train in the calling thread. Raises what made the run fail, after RunFailed is out.
+
+        A run that another process trains raises RunBusy at once and touches nothing.
+        """
+        previous_status: dict[str, Any] = {}
         if self.dist.is_main:  # under torchrun only rank 0 writes the run directory
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.lock = (self.lock or RunLock(self.run_dir)).acquire()
+            except RunBusy:
+                self.bus.close()
+                raise
+            if self.resume:  # with the lock ours, a live status left in the file is a process that died
+                previous_status = read_status(self.run_dir, assume_unlocked=True)
             (self.run_dir / "checkpoints").mkdir(exist_ok=True)
             # A process killed while writing leaves its temporary file; the checkpoint beside it is whole.
             for stale in (self.run_dir / "checkpoints").glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
             self._metrics_file = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        self._training_began = False
         try:
             if not self.resume and self.dist.is_main:
                 write_json_atomic(self.run_dir / "config.json", self.config.to_dict())
+            self._status("starting", step=self.progress.step)
             self.result = self._train()
             return self.result
         except BaseException as error:
             self._emit(ev.RunFailed(error=str(error) or type(error).__name__, error_type=type(error).__name__,
                                     step=self.progress.step, epoch=self.progress.epoch))
-            self._status("failed", error=str(error), step=self.progress.step)
+            if self.resume and not self._training_began and previous_status.get("status") not in (None, "unknown"):
+                # Resuming failed before a step was taken: the run is where it was, not failed.
+                self._status(previous_status["status"], **{k: v for k, v in previous_status.items() if k not in (
+                    "status", "pid", "host", "updated")}, resume_error=str(error))
+            else:
+                self._status("failed", error=str(error), step=self.progress.step)
             self.result = RunResult("failed", self.run_dir, {"error": str(error)})
             raise
         finally:
             self.bus.close()
             if self._metrics_file is not None:
                 self._metrics_file.close()
+            if self.lock is not None:
+                self.lock.release()
 
     # --- setup -------------------------------------------------------------------------------
 
@@ -441,6 +465,7 @@ class Trainer:
             self._restore(load_checkpoint(self.run_dir / "checkpoints" / "last.pt"))
         config, p = self.config, self.progress
         batch_size = config.train.batch_size
+        self._training_began = True
         self._status("running", step=p.step)
         self._emit(ev.RunStarted(
             run_dir=str(self.run_dir), config=config.to_dict(), model_summary=self.summary.to_dict(),
@@ -680,7 +705,7 @@ class ResumeRefused(ValueError):
     """The run cannot be resumed as asked; the message says why and what to do."""
 
 
-def check_resumable(run_dir: Path, *, extending: bool = False) -> RunConfig:
+def check_resumable(run_dir: Path, *, extending: bool = False, lock: RunLock | None = None) -> RunConfig:
     """The run's config when it can be resumed; else ResumeRefused, RunDirError or CheckpointError.
 
     One rule for the command line and the app: no second writer in a run directory, a
@@ -688,10 +713,13 @@ def check_resumable(run_dir: Path, *, extending: bool = False) -> RunConfig:
     """
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    status = read_status(run_dir)
-    if status.get("status") in ("running", "paused"):
-        raise ResumeRefused(f"{run_dir} is being trained right now by process {status.get('pid')} on "
-                            f"{status.get('host')}; stop that process first")
+    if lock is None and is_locked(run_dir):
+        probe = RunLock(run_dir)
+        try:
+            probe.acquire(patience_s=0.0)  # raises RunBusy naming the process that holds it
+        finally:
+            probe.release()  # it was let go in the meantime: nobody trains it
+    status = read_status(run_dir, assume_unlocked=lock is not None)
     load_checkpoint(run_dir / "checkpoints" / "last.pt")
     if status.get("status") == "finished" and not extending:
         raise ResumeRefused(f"{run_dir} already finished; `cifartui resume {run_dir} --epochs N` trains it further")
@@ -699,4 +727,4 @@ def check_resumable(run_dir: Path, *, extending: bool = False) -> RunConfig:
 
 
 __all__ = ["Trainer", "RunControl", "RunResult", "resolve_device", "DeviceError", "CheckpointError",
-           "ResumeRefused", "check_resumable"]
+           "ResumeRefused", "RunBusy", "check_resumable"]
