@@ -188,6 +188,9 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = setting(
         "auto", "Arithmetic of the forward pass: auto is bf16 autocast on a GPU and fp32 on the CPU.")
     compile: bool = setting(False, "Compile the model with torch.compile (slow first steps, faster after).")
+    cuda_graphs: Literal["auto", "off"] = setting(
+        "auto", "On a GPU, replay each training step as a CUDA graph after a few warm-up steps (auto), or "
+        "launch its kernels one by one (off).")
     lookahead_every: int = setting(
         0, "Lookahead: every this many steps, move a slow copy of the weights toward the trained ones and "
         "restart from it (its pull fades in cubically over the run; 0 = off).", low=0)
@@ -195,6 +198,12 @@ class TrainConfig:
     log_every: int = setting(10, "Emit step metrics at most every this many steps.", low=1)
     checkpoint_minutes: float = setting(
         10.0, "Also write checkpoints/last.pt mid-epoch at this interval (0 = epoch ends only).", low=0.0)
+    keep_every: int = setting(
+        0, "Also keep the checkpoint of every this many epochs (checkpoints/epoch-N.pt), to rewind or branch "
+        "from later (0 = off).", low=0)
+    keep_max_mib: float = setting(
+        2048.0, "Disk space the kept checkpoints may take, in MiB; past it the oldest kept one goes.",
+        low=0.0, low_open=True)
 
 
 @dataclass(frozen=True)

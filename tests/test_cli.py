@@ -137,7 +137,9 @@ def test_export_csv_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     capsys.readouterr()
     assert main(["export", str(run), "--format", "json"]) == 0
     events = json.loads(capsys.readouterr().out)
-    assert events[0]["event"] == "RunStarted" and events[-1]["event"] == "RunFinished"
+    kinds = [event["event"] for event in events]
+    assert kinds[0] == "PhaseStarted" and kinds.index("RunStarted") < kinds.index("StepMetrics")
+    assert kinds[-1] == "RunFinished"
     assert main(["export", str(tmp_path), "--format", "csv"]) == 2  # not a run directory
 
 

@@ -65,7 +65,7 @@ def test_a_run_reports_everything_and_fills_its_directory(tmp_path: Path) -> Non
     lines = read_metrics(run)
     kinds = [line["event"] for line in lines]
     assert kinds[:3] == ["PhaseStarted", "PhaseStarted", "RunStarted"] and kinds[-1] == "RunFinished"
-    assert [e.phase for e in recorder.of(ev.PhaseStarted)] == ["loading data", "building model", "warming up"]
+    assert [e.phase for e in recorder.of(ev.PhaseStarted)] == ["loading data", "building model", "warming up", "testing"]
     # The current pace goes out with the session average.
     assert all(s.ms_per_step > 0 and s.recent_images_per_s > 0 for s in steps)
     assert read_status(run)["status"] == "finished"
@@ -176,8 +176,10 @@ def _assert_identical(a: dict, b: dict) -> None:
     assert a["progress"]["step"] == b["progress"]["step"]
 
 
-@pytest.mark.parametrize("stop_at", [5, 8, 13])  # mid-epoch, at an epoch boundary (8 steps/epoch), mid-epoch
-def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, stop_at: int) -> None:
+# mid-epoch; at the end of epoch 1 before its validation, and after it, before epoch 2 begins
+# (8 steps an epoch); mid-epoch again
+@pytest.mark.parametrize("stop_at, epoch_done", [(5, False), (8, False), (8, True), (13, False)])
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, stop_at: int, epoch_done: bool) -> None:
     base = tiny_config(epochs=3, lookahead_every=3)  # lookahead's slow weights must survive the stop too
     config = dataclasses.replace(
         base, optimizer=dataclasses.replace(base.optimizer, schedule=ScheduleConfig(name="cosine", warmup=1)),
@@ -193,7 +195,8 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, stop_at: i
     original = interrupted._between_steps
 
     def between_steps() -> bool:
-        if interrupted.progress.step == stop_at:
+        p = interrupted.progress
+        if p.step == stop_at and (p.position == 0) == epoch_done:
             control.stop("simulated interrupt")
         return original()
 

@@ -100,7 +100,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_resume(args: argparse.Namespace, console: Console) -> int:
     from cifartui.engine.distributed import from_environment
-    from cifartui.engine.runs import RunLock, write_json_atomic
+    from cifartui.engine.runs import RunLock
     from cifartui.engine.trainer import check_resumable
 
     run_dir = args.run_dir
@@ -108,19 +108,18 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
     # The run's lock before anything else: a second `resume` of the same run stops here.
     lock = RunLock(run_dir).acquire() if main_process else None
     try:
-        config = check_resumable(run_dir, extending=args.epochs is not None, lock=lock)
-        if args.epochs is not None:
-            config = replace_path(config, "train.epochs", args.epochs, "--epochs")
-            config = replace_path(config, "train.max_steps", 0, "--epochs")
-            if main_process:
-                write_json_atomic(run_dir / "config.json", config.to_dict())
+        config = check_resumable(run_dir, extending=args.epochs is not None, lock=lock,
+                                 locked_by_job=not main_process)
         if args.device is not None:  # this session's device only; the run's configuration keeps its own
             config = replace_path(config, "train.device", args.device, "--device")
     except BaseException:
         if lock is not None:
             lock.release()
         raise
-    return _run(config, run_dir, args, console, resume=True, lock=lock)
+    # More epochs are a change of the run's settings, recorded with the others (config.json
+    # keeps what the run started with).
+    changes = {"train.epochs": args.epochs, "train.max_steps": 0} if args.epochs is not None else {}
+    return _run(config, run_dir, args, console, resume=True, lock=lock, resume_changes=changes)
 
 
 def _check_model(config: RunConfig) -> None:
@@ -133,7 +132,7 @@ def _check_model(config: RunConfig) -> None:
 
 
 def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Console, *, resume: bool,
-         lock: Any = None) -> int:
+         lock: Any = None, resume_changes: dict[str, Any] | None = None) -> int:
     from cifartui.engine import distributed
     from cifartui.engine.trainer import RunControl, Trainer
 
@@ -144,7 +143,7 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
     display = ProgressDisplay(console, control)
     trainer = Trainer(config, run_dir, data_dir=args.data_dir, listeners=[display], control=control,
                       resume=resume, log=lambda text: console.print(text, highlight=False, soft_wrap=True),
-                      distributed=job, lock=lock)
+                      distributed=job, lock=lock, resume_changes=resume_changes)
     if job.enabled:
         console.print(f"Data parallel: {job.world_size} processes ({torch_backend()}), "
                       f"global batch {config.train.batch_size}", highlight=False)

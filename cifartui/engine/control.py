@@ -1,4 +1,4 @@
-"""Requests to a running trainer (pause, resume, stop, checkpoint now), safe from any thread.
+"""Requests to a running trainer (pause, resume, stop, checkpoint now, change settings), safe from any thread.
 
 Kept apart from the trainer so that the app can hold a run's control handle before
 PyTorch is imported.
@@ -7,7 +7,11 @@ PyTorch is imported.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from concurrent.futures import Future
+from typing import Any, Callable
+
+# While paused, the trainer still looks at its control channel this often.
+PAUSED_POLL_S = 0.25
 
 
 class RunControl:
@@ -18,6 +22,7 @@ class RunControl:
         self._pause_requested = False
         self._stop_reason: str | None = None
         self._checkpoint_requested = False
+        self._requests: list[tuple[str, dict[str, Any], Future]] = []
 
     def pause(self) -> None:
         with self._condition:
@@ -40,6 +45,30 @@ class RunControl:
             self._checkpoint_requested = True
             self._condition.notify_all()
 
+    def submit(self, command: str, args: dict[str, Any] | None = None) -> Future:
+        """A request answered by the trainer between steps (also while paused), as the control
+        channel's are: `set` with {"updates": {key: value}, "source": ...}, or `status`.
+
+        The future's result is the answer ({"ok": ..., ...}); a run that ends first
+        answers {"ok": False, "error": ...}.
+        """
+        future: Future = Future()
+        with self._condition:
+            self._requests.append((command, dict(args or {}), future))
+            self._condition.notify_all()
+        return future
+
+    def take_requests(self) -> list[tuple[str, dict[str, Any], Future]]:
+        with self._condition:
+            taken, self._requests = self._requests, []
+            return taken
+
+    def cancel_requests(self, reason: str) -> None:
+        """Answer whatever is still waiting: the run has ended."""
+        for _command, _args, future in self.take_requests():
+            if not future.done():
+                future.set_result({"ok": False, "error": reason})
+
     @property
     def paused(self) -> bool:
         return self._pause_requested
@@ -53,16 +82,20 @@ class RunControl:
             requested, self._checkpoint_requested = self._checkpoint_requested, False
             return requested
 
-    def wait_while_paused(self, on_wake: Callable[[], None]) -> None:
-        """Block without spinning until resumed or stopped; serve checkpoint requests meanwhile."""
+    def wait_while_paused(self, serve: Callable[[], None]) -> None:
+        """Block until resumed or stopped, serving requests meanwhile (checkpoints, settings, the channel).
+
+        `serve` runs without the lock held, at once when an in-process request arrives
+        and every PAUSED_POLL_S otherwise (for requests from other processes).
+        """
         with self._condition:
             while self._pause_requested and self._stop_reason is None:
-                if self._checkpoint_requested:
-                    self._checkpoint_requested = False
-                    self._condition.release()
-                    try:
-                        on_wake()
-                    finally:
-                        self._condition.acquire()
-                    continue
-                self._condition.wait()
+                self._condition.release()
+                try:
+                    serve()
+                finally:
+                    self._condition.acquire()
+                if not self._pause_requested or self._stop_reason is not None:
+                    break
+                if not (self._checkpoint_requested or self._requests):
+                    self._condition.wait(PAUSED_POLL_S)

@@ -43,6 +43,10 @@ class RunStarted(Event):
     test_size: int
     resumed: bool
     dropout_rates: dict
+    # A branch starts from a checkpoint of another run: that run's directory and step.
+    parent: str = ""
+    parent_step: int = -1
+    graphs: str = ""  # how steps run on a GPU: "cuda graphs", or why they run eagerly
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,16 @@ class LRChanged(Event):
     old: float
     new: float
     reason: str
+
+
+@dataclass(frozen=True)
+class SettingsChanged(Event):
+    """Settings changed while the run trains: by the app, the control channel or a resume."""
+
+    step: int
+    epoch: int
+    source: str  # "app", "control", "resume"
+    changes: dict  # key -> [old, new]
 
 
 @dataclass(frozen=True)
@@ -146,7 +160,8 @@ class RunStopped(Event):
     step: int
     epoch: int
     reason: str
-    checkpoint: str
+    checkpoint: str  # written at this stop; "" when it could not be
+    saved_step: int = -1  # the step of the checkpoint on disk (-1: none yet)
 
 
 @dataclass(frozen=True)
@@ -171,7 +186,7 @@ class RunFailed(Event):
 
 
 EVENT_TYPES = {cls.__name__: cls for cls in (
-    PhaseStarted, RunStarted, StepMetrics, EpochEnded, LRChanged, DropoutChanged, CheckpointSaved, CheckpointFailed,
+    PhaseStarted, RunStarted, StepMetrics, EpochEnded, LRChanged, SettingsChanged, DropoutChanged, CheckpointSaved, CheckpointFailed,
     RunPaused, RunResumed, LossNotFinite, MemoryExhausted, RunStopped, RunFinished, RunFailed)}
 
 Listener = Callable[[Event], None]

@@ -28,6 +28,9 @@ class ScheduledDropout(nn.Module):
         self.spatial = spatial
         self.rate = 0.0
         self.active = False
+        # Draw a mask even at rate 0, for steps replayed as CUDA graphs: the graph reads
+        # the rate from the tensor, and a rate raised later must then take effect.
+        self.always_draw = False
         self.register_buffer("rate_tensor", torch.zeros(()))
         self.set_rate(rate)
 
@@ -47,7 +50,7 @@ class ScheduledDropout(nn.Module):
             self.active = self.rate > 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or not self.active:
+        if not self.training or not (self.active or self.always_draw):
             return x
         keep = 1.0 - self.rate_tensor
         shape = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2) if self.spatial else x.shape

@@ -33,6 +33,42 @@ class LRSchedule:
         self.best_loss = math.inf
         self.bad_epochs = 0
         self.cooldown_left = 0
+        # Where this schedule's clock starts. A schedule replaced mid-run starts at the
+        # step of the change; one rebased for a new batch size keeps counting its units
+        # and the fraction of the run it had done.
+        self.origin = 0
+        self.origin_units = 0
+        self.origin_fraction = 0.0
+
+    def replace(self, config: OptimizerConfig, step: int) -> "LRSchedule":
+        """A new schedule (from `config`) whose clock starts at `step`: warmup, steps and cycles count from there."""
+        schedule = LRSchedule(config, self.steps_per_epoch, self.total_steps)
+        schedule.origin = step
+        return schedule
+
+    def reconfigure(self, config: OptimizerConfig) -> None:
+        """New base LR or parameters (peak, gamma, ...) for the same schedule, its clock and state kept."""
+        self.config, self.schedule = config, config.schedule
+
+    def rebase(self, step: int, steps_per_epoch: int, total_steps: int) -> None:
+        """At an epoch start (`step`), with a new number of steps per epoch and in all."""
+        units, fraction = self._units(step), self._fraction(step)
+        self.origin, self.origin_units, self.origin_fraction = step, units, fraction
+        self.steps_per_epoch = steps_per_epoch
+        self.unit_steps = steps_per_epoch if self.schedule.unit == "epoch" else 1
+        self.total_steps = max(total_steps, 1)
+
+    def set_total(self, total_steps: int) -> None:
+        """A new length of the run (epochs or max_steps changed): continuous schedules stretch to it."""
+        self.total_steps = max(total_steps, 1)
+
+    def _units(self, step: int) -> int:
+        return self.origin_units + max(step - self.origin, 0) // self.unit_steps
+
+    def _fraction(self, step: int) -> float:
+        """How far through its part of the run the schedule is, 0 at its origin, 1 at the end."""
+        span = max(self.total_steps - self.origin, 1)
+        return min(self.origin_fraction + (1.0 - self.origin_fraction) * max(step - self.origin, 0) / span, 1.0)
 
     @property
     def discrete(self) -> bool:
@@ -43,7 +79,8 @@ class LRSchedule:
     def lr_at(self, step: int) -> float:
         base = self.config.lr
         s = self.schedule
-        units = step // self.unit_steps
+        units = self._units(step)
+        local = step - self.origin  # steps since this schedule's clock started
         if s.name == "constant":
             lr = base
         elif s.name == "step":
@@ -54,21 +91,33 @@ class LRSchedule:
             lr = base * s.gamma ** units
         elif s.name == "cosine":
             warmup = s.warmup * self.unit_steps
-            if step < warmup:
-                lr = base * (step + 1) / warmup
+            if local < warmup and self.origin_fraction == 0.0:
+                lr = base * (local + 1) / warmup
             else:
-                progress = min((step - warmup) / max(self.total_steps - warmup, 1), 1.0)
+                if self.origin_fraction == 0.0 and warmup:
+                    span = max(self.total_steps - self.origin - warmup, 1)
+                    progress = min(max(local - warmup, 0) / span, 1.0)
+                else:
+                    progress = self._fraction(step)
                 lr = s.min_lr + (base - s.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
         elif s.name == "onecycle":
-            peak = max(int(self.total_steps * s.pct_start), 1)
             final = base / s.final_div
-            if step < peak:
-                lr = base + (s.max_lr - base) * step / peak
-            else:
-                lr = s.max_lr + (final - s.max_lr) * min((step - peak) / max(self.total_steps - peak, 1), 1.0)
+            if self.origin_fraction == 0.0:  # in steps, as the schedule was defined
+                span = max(self.total_steps - self.origin, 1)
+                peak = max(int(span * s.pct_start), 1)
+                if local < peak:
+                    lr = base + (s.max_lr - base) * local / peak
+                else:
+                    lr = s.max_lr + (final - s.max_lr) * min((local - peak) / max(span - peak, 1), 1.0)
+            else:  # rebased for a new batch size: in fractions of the run
+                fraction = self._fraction(step)
+                if fraction < s.pct_start:
+                    lr = base + (s.max_lr - base) * fraction / s.pct_start
+                else:
+                    lr = s.max_lr + (final - s.max_lr) * min((fraction - s.pct_start) / (1 - s.pct_start), 1.0)
         elif s.name == "triangular":
             half = s.cycle_length * self.unit_steps
-            position = (step % (2 * half)) / half
+            position = (local % (2 * half)) / half
             lr = base + (s.max_lr - base) * (1 - abs(position - 1))
         else:  # plateau
             lr = max(base * self.plateau_scale, s.min_lr)
@@ -101,13 +150,19 @@ class LRSchedule:
 
     def state_dict(self) -> dict:
         return {"plateau_scale": self.plateau_scale, "best_loss": self.best_loss,
-                "bad_epochs": self.bad_epochs, "cooldown_left": self.cooldown_left}
+                "bad_epochs": self.bad_epochs, "cooldown_left": self.cooldown_left, "origin": self.origin,
+                "origin_units": self.origin_units, "origin_fraction": self.origin_fraction,
+                "steps_per_epoch": self.steps_per_epoch}
 
     def load_state_dict(self, state: dict) -> None:
         self.plateau_scale = float(state["plateau_scale"])
         self.best_loss = float(state["best_loss"])
         self.bad_epochs = int(state["bad_epochs"])
         self.cooldown_left = int(state["cooldown_left"])
+        # Checkpoints from before schedules could be replaced mid-run start at step 0.
+        self.origin = int(state.get("origin", 0))
+        self.origin_units = int(state.get("origin_units", 0))
+        self.origin_fraction = float(state.get("origin_fraction", 0.0))
 
 
 @dataclass(frozen=True)
@@ -123,14 +178,36 @@ class DropoutSchedule:
     def __init__(self, events: tuple[DropoutEvent, ...], model: nn.Module, steps_per_epoch: int):
         self.model = model
         self.groups = dropout_groups(model)
-        self.by_step: dict[int, list[DropoutEvent]] = {}
+        self.events = tuple(events)
         for index, event in enumerate(events):
             if event.action in ("set", "add") and len(event.rates) != len(self.groups):
                 names = ", ".join(self.groups) or "none"
                 raise ModelError(f"dropout_schedule[{index}].rates has {len(event.rates)} values but the "
                                  f"model has {len(self.groups)} dropout groups ({names}); expected one per group")
-            step = event.at * (steps_per_epoch if event.unit == "epoch" else 1)
-            self.by_step.setdefault(step, []).append(event)
+        self.rebase(0, 0, steps_per_epoch)
+
+    def rebase(self, step: int, epoch: int, steps_per_epoch: int) -> None:
+        """Place the events again, from the start of epoch `epoch` at `step`, with a new epoch length.
+
+        Events counted in epochs that are still to come move with the epochs; events
+        counted in iterations stay where they were.
+        """
+        self.by_step: dict[int, list[DropoutEvent]] = {}
+        for event in self.events:
+            if event.unit == "epoch":
+                if event.at < epoch:
+                    continue
+                at = step + (event.at - epoch) * steps_per_epoch
+            else:
+                at = event.at
+            self.by_step.setdefault(at, []).append(event)
+
+    def group_rates(self) -> dict[str, float]:
+        """The rate of the layer that ends each group, as a schedule's scope "last" addresses it."""
+        return {group: members[-1][1].rate for group, members in self.groups.items()}
+
+    def set_group_rate(self, group: str, rate: float) -> None:
+        self.groups[group][-1][1].set_rate(rate)
 
     def apply_due(self, step: int) -> DropoutChange | None:
         """Apply the events due at `step`; the change, or None if nothing is due or nothing moved."""

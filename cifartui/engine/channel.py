@@ -1,0 +1,179 @@
+"""A run's control channel: requests from other processes, as files in RUN_DIR/control/.
+
+`cifartui control RUN_DIR pause|resume|checkpoint|stop|set|status`, and the app for a
+run it did not start, write a request file there; the process that trains the run
+takes it between two steps (also while paused), acts on it and writes the reply beside
+it. The folder is created with mode 0700, so only the run's owner (and root) can put a
+request in it, and requests from a file of another owner are ignored.
+
+    control/ID.request.json   written by a client (temporary file, then renamed)
+    control/ID.taken.json     the trainer has it (renamed: exactly one taker)
+    control/ID.reply.json     the answer, which the client reads and removes
+
+A client that gets no answer in time withdraws its request by deleting it; if the
+file is already gone, the trainer has it and the client waits for the answer. One
+request is handled at a time, in the trainer's own thread, so two controllers at once
+cannot interleave their changes. This module does not import PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cifartui.engine.runs import is_locked, read_status
+
+CONTROL_DIR = "control"
+COMMANDS = ("pause", "resume", "checkpoint", "stop", "set", "status")
+# A request older than this when the trainer first sees it was left by a client that gave up.
+STALE_REQUEST_S = 120.0
+
+
+class ControlError(Exception):
+    """A request could not be delivered or was refused; the message says why."""
+
+
+class RunNotRunning(ControlError):
+    """Nobody trains the run now, so nobody can answer."""
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    command: str
+    args: dict[str, Any]
+    sent: float
+    path: Path  # the taken file
+
+
+def _write_private_json(path: Path, data: Any) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+class ControlInbox:
+    """The trainer's side: take requests, answer them."""
+
+    def __init__(self, run_dir: Path):
+        self.folder = Path(run_dir) / CONTROL_DIR
+        self.folder.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.folder, 0o700)  # whatever the umask made of it
+        for leftover in self.folder.glob("*.taken.json"):  # a process killed mid-request
+            leftover.unlink(missing_ok=True)
+
+    def take(self) -> list[Request]:
+        """The requests waiting now, oldest first; each is this process's alone once returned."""
+        try:
+            names = sorted(entry.name for entry in os.scandir(self.folder) if entry.name.endswith(".request.json"))
+        except OSError:
+            return []
+        requests = []
+        for name in names:
+            request_id = name[: -len(".request.json")]
+            source = self.folder / name
+            taken = self.folder / f"{request_id}.taken.json"
+            try:
+                info = os.lstat(source)
+                if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+                    source.unlink(missing_ok=True)  # not from this run's owner: never acted on
+                    continue
+                os.rename(source, taken)
+            except OSError:
+                continue  # withdrawn by its client, or taken by an earlier look
+            try:
+                data = json.loads(taken.read_text(encoding="utf-8"))
+                command, args, sent = data["command"], data.get("args") or {}, float(data.get("sent", 0.0))
+                if not isinstance(command, str) or not isinstance(args, dict):
+                    raise TypeError("malformed request")
+            except (OSError, ValueError, KeyError, TypeError):
+                self._answer(request_id, taken, {"ok": False, "error": "malformed request"})
+                continue
+            request = Request(request_id, command, args, sent, taken)
+            if time.time() - sent > STALE_REQUEST_S:
+                self.reply(request, {"ok": False, "error": "the request expired before the run could take it"})
+                continue
+            requests.append(request)
+        return requests
+
+    def reply(self, request: Request, answer: dict[str, Any]) -> None:
+        self._answer(request.id, request.path, answer)
+
+    def _answer(self, request_id: str, taken: Path, answer: dict[str, Any]) -> None:
+        try:
+            _write_private_json(self.folder / f"{request_id}.reply.json", answer)
+        except OSError:
+            pass  # a full disk: the client times out and says so
+        taken.unlink(missing_ok=True)
+
+
+def send(run_dir: Path, command: str, args: dict[str, Any] | None = None, *,
+         timeout: float = 30.0) -> dict[str, Any]:
+    """Deliver one request to the process training `run_dir` and return its answer.
+
+    Raises RunNotRunning when nobody trains the run, ControlError when no answer came
+    (the request is then withdrawn: nothing was applied) or the answer is a refusal.
+    """
+    run_dir = Path(run_dir)
+    if command not in COMMANDS:
+        raise ControlError(f"unknown command '{command}'; expected one of: {', '.join(COMMANDS)}")
+    if not (run_dir / "config.json").is_file():
+        raise ControlError(f"{run_dir}: not a cifartui run directory (no config.json)")
+    folder = run_dir / CONTROL_DIR
+    if not is_locked(run_dir) or not folder.is_dir():
+        raise RunNotRunning(_not_running(run_dir))
+    request_id = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+    request_path = folder / f"{request_id}.request.json"
+    reply_path = folder / f"{request_id}.reply.json"
+    try:
+        _write_private_json(request_path, {"command": command, "args": args or {}, "sent": time.time()})
+    except OSError as error:
+        raise ControlError(f"{folder}: cannot write a request: {error.strerror or error}") from None
+    deadline = time.monotonic() + timeout
+    taken_deadline: float | None = None
+    while True:
+        if reply_path.exists():
+            try:
+                answer = json.loads(reply_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                time.sleep(0.02)  # being renamed into place
+                continue
+            reply_path.unlink(missing_ok=True)
+            if not answer.get("ok"):
+                raise ControlError(str(answer.get("error") or "refused"))
+            return answer
+        now = time.monotonic()
+        if taken_deadline is None and (now >= deadline or not is_locked(run_dir)):
+            try:
+                request_path.unlink()  # withdrawn before the run took it: nothing was applied
+            except FileNotFoundError:
+                taken_deadline = now + timeout  # the run has it: wait for the answer
+            else:
+                if not is_locked(run_dir):
+                    raise RunNotRunning(_not_running(run_dir))
+                raise ControlError(f"no answer from {run_dir} within {timeout:g} s (it may be loading data, "
+                                   "evaluating or writing a checkpoint); nothing was applied, try again")
+        if taken_deadline is not None and now >= taken_deadline:
+            raise ControlError(f"{run_dir} took the request but did not answer within {2 * timeout:g} s")
+        time.sleep(0.02)
+
+
+def _not_running(run_dir: Path) -> str:
+    status = read_status(run_dir).get("status", "unknown")
+    advice = "" if status == "finished" else f"; `cifartui resume {run_dir}` continues it"
+    return f"{run_dir} is not training now (status: {status}){advice}"
+
+
+__all__ = ["ControlInbox", "Request", "send", "ControlError", "RunNotRunning", "COMMANDS", "CONTROL_DIR"]
