@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cifartui import presets
@@ -71,6 +72,9 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
         augment=args.augment, sets=args.sets, epochs=args.epochs, seed=args.seed, device=args.device,
         batch_size=args.batch_size, lr=args.lr)
     _check_model(config)
+    from cifartui.engine.devices import resolve_device
+
+    resolve_device(config.train.device, "--device" if args.device else "train.device")  # before any run dir
     return config
 
 
@@ -132,7 +136,7 @@ def _check_model(config: RunConfig) -> None:
 
 
 def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Console, *, resume: bool,
-         lock: Any = None, resume_changes: dict[str, Any] | None = None) -> int:
+         lock: Any = None, resume_changes: dict[str, Any] | None = None, branch: Any = None) -> int:
     from cifartui.engine import distributed
     from cifartui.engine.trainer import RunControl, Trainer
 
@@ -143,7 +147,7 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
     display = ProgressDisplay(console, control)
     trainer = Trainer(config, run_dir, data_dir=args.data_dir, listeners=[display], control=control,
                       resume=resume, log=lambda text: console.print(text, highlight=False, soft_wrap=True),
-                      distributed=job, lock=lock, resume_changes=resume_changes)
+                      distributed=job, lock=lock, resume_changes=resume_changes, branch=branch)
     if job.enabled:
         console.print(f"Data parallel: {job.world_size} processes ({torch_backend()}), "
                       f"global batch {config.train.batch_size}", highlight=False)
@@ -194,9 +198,15 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
         console.print(f"Stopped at step {result.summary['step']} with a checkpoint. Resume with: {how}",
                       highlight=False, soft_wrap=True)
         return SIGNAL_EXIT[received[0]]
-    reason = display.pause_reason or control.stop_reason
-    console.print(f"Stopped at step {result.summary['step']}: {reason}\nResume with: {how}",
-                  highlight=False, soft_wrap=True)
+    saved = result.summary.get("saved_step")
+    on_disk = (f"The last checkpoint on disk is from step {saved:,}." if saved is not None
+               else "No checkpoint of this run is on disk.")
+    if not display.pause_reason:  # stopped on request (`cifartui control RUN stop`), as SIGTERM would
+        console.print(f"Stopped at step {result.summary['step']}: {escape(str(control.stop_reason))}. {on_disk}\n"
+                      f"Resume with: {how}", highlight=False, soft_wrap=True)
+        return SIGNAL_EXIT[signal.SIGTERM]
+    console.print(f"Stopped at step {result.summary['step']}: {escape(display.pause_reason)}\n{on_disk}\n"
+                  f"Resume with: {how}", highlight=False, soft_wrap=True)
     return EXIT_PAUSED_HEADLESS
 
 
@@ -224,11 +234,13 @@ class ProgressDisplay:
             TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=console, transient=False)
         self.task = None
         self._started = False
+        self.run_dir = ""
 
     def __call__(self, event: Any) -> None:
         from cifartui.engine import events as ev
 
         if isinstance(event, ev.RunStarted):
+            self.run_dir = event.run_dir
             summary = event.model_summary
             verb = "Resuming" if event.resumed else "Training"
             self.console.print(
@@ -240,7 +252,8 @@ class ProgressDisplay:
             self._started = True
             self.task = self.progress.add_task("train", total=event.total_steps, completed=event.step, stats="")
         elif isinstance(event, ev.StepMetrics) and self.task is not None:
-            self.progress.update(self.task, completed=event.step, description=f"epoch {event.epoch + 1}",
+            self.progress.update(self.task, completed=event.step, total=event.total_steps,
+                                 description=f"epoch {event.epoch + 1}",
                                  stats=f"loss {event.loss:.4f}  acc {event.top1:5.1f}%  lr {event.lr:.3g}  "
                                        f"{event.images_per_s:,.0f} img/s")
         elif isinstance(event, ev.EpochEnded):
@@ -263,8 +276,18 @@ class ProgressDisplay:
             self.console.print(f"[bold red]{event.message if hasattr(event, 'message') else event.error}[/]",
                                highlight=False, soft_wrap=True)
         elif isinstance(event, ev.RunPaused):
-            self.pause_reason = event.reason
-            self.control.stop(event.reason)
+            if event.requested:  # asked for (`cifartui control RUN pause`): wait for `control RUN resume`
+                self.console.print(f"step {event.step}: paused ({event.reason}); `cifartui control "
+                                   f"{escape(self.run_dir)} resume` continues", highlight=False, soft_wrap=True)
+            else:
+                self.pause_reason = event.reason
+                self.control.stop(event.reason)
+        elif isinstance(event, ev.RunResumed):
+            self.console.print(f"step {event.step}: resumed", highlight=False, soft_wrap=True)
+        elif isinstance(event, ev.SettingsChanged):
+            text = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in event.changes.items())
+            self.console.print(f"step {event.step}: settings changed by {event.source}: {escape(text)}",
+                               highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self._started:

@@ -132,6 +132,9 @@ class RunPaused(Event):
     step: int
     epoch: int
     reason: str
+    # False when the run paused itself (a non-finite loss, a failed write, out of memory);
+    # headless, such a pause stops the run, while a pause someone asked for waits for resume.
+    requested: bool = True
 
 
 @dataclass(frozen=True)

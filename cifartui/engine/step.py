@@ -218,7 +218,7 @@ def graph_plan(device_type: str, *, setting: str, distributed: bool, compiled: b
 
 
 class GraphedSteps:
-    """Runs `step` eagerly for its first WARM_UP_STEPS batches of each shape, then as a replayed graph.
+    """Runs `step` eagerly for its first batches of each shape, then as a replayed graph.
 
     Inputs are copied into static buffers the graph reads; the graph writes its results
     into the step's StepState. `invalidate` drops the graphs when something the kernels
@@ -250,7 +250,9 @@ class GraphedSteps:
                 self.step(images, labels)
                 return
             seen = self.seen.get(key, 0)
-            if seen < self.WARM_UP_STEPS:
+            # The first shape warms up the whole run (lazy CUDA state, optimizer state, cuDNN);
+            # a later one (the last partial batch) only needs cuDNN to time its algorithms once.
+            if seen < (self.WARM_UP_STEPS if not self.captures else 1):
                 self.seen[key] = seen + 1
                 self.backend.warm_up(lambda: self.step(images, labels))
                 return

@@ -511,11 +511,13 @@ class Trainer:
     # --- control -----------------------------------------------------------------------------
 
     def _pause(self, reason: str) -> None:
+        """The run pauses itself on a fault; headless, that stops it (see RunPaused.requested)."""
         if self.dist.enabled:  # nobody can resume a process of a torchrun job by hand
             self.control.stop(reason)
             return
         self.control.pause()
         self._paused_reason = reason
+        self._paused_on_fault = True
 
     def _between_steps(self) -> bool:
         """Serve requests; False when the run must stop now."""
@@ -537,9 +539,13 @@ class Trainer:
             if bad:
                 self._non_finite(*bad)
             reason = getattr(self, "_paused_reason", None) or "pause requested"
-            self._paused_reason = None
             self._status("paused", step=self.progress.step, reason=reason)
-            self._emit(ev.RunPaused(step=self.progress.step, epoch=self.progress.epoch, reason=reason))
+            if self._paused_on_fault:  # also when writing that status was what failed
+                reason = self._paused_reason or reason
+            on_fault = self._paused_on_fault
+            self._paused_reason, self._paused_on_fault = None, False
+            self._emit(ev.RunPaused(step=self.progress.step, epoch=self.progress.epoch, reason=reason,
+                                    requested=not on_fault))
             control.wait_while_paused(self._serve_while_paused)
             if control.stop_reason is None:
                 self._write_problem = None  # resumed: the user freed space; a new failure is reported again
@@ -655,7 +661,7 @@ class Trainer:
                 self.run_step.invalidate()  # the recorded kernels hold the old values
         if "optimizer.schedule.name" in keys:
             # A new schedule from this step on, starting from the LR in force now unless one was given.
-            if "optimizer.lr" not in keys:
+            if "optimizer.lr" not in keys and self.current_lr != config.optimizer.lr:
                 config = replace_path(config, "optimizer.lr", self.current_lr, source)
                 diff["optimizer.lr"] = [self.config.optimizer.lr, self.current_lr]
             self.lr_schedule = self.lr_schedule.replace(config.optimizer, p.step)
@@ -730,6 +736,7 @@ class Trainer:
         self._last_emit_mark: tuple[int, float] | None = None
         self._dropout_applied_at = -1
         self._paused_reason = None
+        self._paused_on_fault = False
         self._saved_step: int | None = None
         self._last_checkpoint_ok = True
         self._last_control_poll = 0.0
