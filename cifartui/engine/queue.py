@@ -102,6 +102,7 @@ class QueueEntry:
     attempts: int = 0
     progress: RunProgress = field(default_factory=RunProgress)
     summary: dict[str, Any] | None = None
+    recorded_state: str = "pending"  # the state entry.json holds
 
     @property
     def run_dir(self) -> Path | None:
@@ -180,6 +181,7 @@ class RunQueue:
                                    message=str(data.get("message", "")), attempts=int(data.get("attempts", 0)))
             except (KeyError, TypeError, ValueError) as error:
                 raise QueueError(f"{entry_dir / 'entry.json'}: damaged ({error})") from None
+            entry.recorded_state = entry.state
             if entry.state not in STATES:
                 raise QueueError(f"{entry_dir / 'entry.json'}: unknown state {entry.state!r}")
             if entry.run_name is not None and (not isinstance(entry.run_name, str) or "/" in entry.run_name
@@ -224,6 +226,7 @@ class RunQueue:
 
     def save(self, entry: QueueEntry) -> None:
         write_json_atomic(entry.directory / "entry.json", entry.to_dict())
+        entry.recorded_state = entry.state
 
     # The driver's lock ----------------------------------------------------------------------
 
@@ -271,12 +274,16 @@ def _lock_holder(directory: Path) -> str:
 
 
 def load_summary(entry: QueueEntry) -> dict[str, Any] | None:
-    """The entry's summary.json (written by its child when the run finished), if there is one."""
-    if entry.summary is None and entry.summary_path.is_file():
+    """The run's summary, once it finished: what its child wrote with --summary-json, or else the
+    run directory's own summary.json (a child stopped between writing the one and the other)."""
+    candidates = [entry.summary_path] + ([entry.run_dir / "summary.json"] if entry.run_dir is not None else [])
+    for path in candidates:
+        if entry.summary is not None:
+            break
         try:
-            data = json.loads(entry.summary_path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return None
+            continue
         entry.summary = data if isinstance(data, dict) else None
     return entry.summary
 
@@ -476,6 +483,9 @@ class QueueRunner:
             for entry in self.queue.entries:
                 if entry.run_dir is not None:
                     self._tail(entry)
+                if entry.state != entry.recorded_state:  # what happened while nobody drove the queue
+                    state, entry.state = entry.state, entry.recorded_state
+                    self._set_state(entry, state, self._found_message(entry, state))
             while True:
                 self._forward_stop()
                 self._reap()
@@ -514,6 +524,11 @@ class QueueRunner:
                 self._startable.discard(entry.key)
             elif state != "waiting" and free:
                 self._start(entry, free.pop(0))
+
+    def _found_message(self, entry: QueueEntry, state: str) -> str:
+        return {"waiting": self._waiting_message(entry),
+                "interrupted": "its process ended without finishing; it resumes from its last checkpoint",
+                "pending": "its process ended before a checkpoint; it starts again"}.get(state, "")
 
     def _waiting_message(self, entry: QueueEntry) -> str:
         return f"its run is being trained by {_lock_holder(entry.run_dir)}" if entry.run_dir else ""
@@ -567,7 +582,8 @@ class QueueRunner:
         load_summary(entry)
         entry.exit_code = code
         reason = self._stop_reason.pop(entry.key, None)
-        if code == 0 and entry.summary is not None:
+        finished_on_disk = entry.run_dir is not None and read_status(entry.run_dir).get("status") == "finished"
+        if entry.summary is not None and (code == 0 or finished_on_disk):
             self._startable.discard(entry.key)
             self._set_state(entry, "finished", "")
         elif code in SIGNAL_EXIT_CODES or code < 0:
