@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -19,7 +18,8 @@ from cifartui import presets
 from cifartui.cli import main
 from cifartui.config import AugmentConfig, ConfigError, RunConfig, from_mapping, to_plain
 from cifartui.engine.checkpoint import load_checkpoint
-from cifartui.engine.queue import (PlannedRun, QueueRunner, RunQueue, child_command, plan_slots, toml_document)
+from cifartui.engine.queue import (EntryChanged, PlannedRun, QueueRunner, RunQueue, child_command, plan_slots,
+                                  toml_document)
 from cifartui.engine.runs import RunLock, is_locked, read_metrics
 from cifartui.engine.sweep import SuccessiveHalving, write_plan
 from tests.conftest import tiny_config
@@ -103,11 +103,12 @@ def test_two_by_two_grid_over_two_seeds_ranks_mean_and_std_of_the_runs(
     result = json.loads(table.read_text())
     assert result["varied"] == ["optimizer.lr", "dataset.val_fraction"] and result["seeds"] == [0, 1]
     rows = result["settings"]
-    assert [r["rank"] for r in rows] == [1, 2, 3, 4]
-    assert [r["best"] for r in rows] == [True, False, False, False]
+    assert len(rows) == 4
     for row in rows:
         mean, std = expected[(row["settings"]["optimizer.lr"], row["settings"]["dataset.val_fraction"])]
         assert row["best_val_top1_mean"] == pytest.approx(mean) and row["best_val_top1_std"] == pytest.approx(std)
+        assert row["rank"] == 1 + sum(1 for m, _ in expected.values() if m > mean + 1e-9)  # equal means share one
+        assert row["best"] == (row["rank"] == 1)
     means = [row["best_val_top1_mean"] for row in rows]
     assert means == sorted(means, reverse=True) and means[0] == pytest.approx(max(m for m, _ in expected.values()))
     assert f"{rows[0]['best_val_top1_mean']:.2f} ± {rows[0]['best_val_top1_std']:.2f}%" in out and "★ 1" in out
@@ -381,6 +382,57 @@ def test_runs_are_placed_one_per_gpu_slot(tmp_path: Path, two_gpus: None, monkey
         busy[device] += 1 if kind == "start" else -1
         assert busy[device] <= 1  # one run at a time on each GPU
     assert sorted(e.device for e in queue.entries[:2]) == ["cuda:0", "cuda:1"]
+
+
+STUB_UNTIL_STOPPED = """#!/bin/sh
+# Stands in for a run that goes on until it is told to stop, and then exits as `cifartui train` does.
+trap 'exit 143' TERM
+while :; do sleep 0.05; done
+"""
+
+
+def test_stopping_the_queue_stops_each_run_and_leaves_it_to_resume(tmp_path: Path) -> None:
+    stub = tmp_path / "stub.sh"
+    stub.write_text(STUB_UNTIL_STOPPED)
+    stub.chmod(0o755)
+    queue = _queue(tmp_path / "sweep", [tiny_config(seed=seed) for seed in range(3)])
+    queue.lock()
+    started: list[str] = []
+
+    def listener(event: object) -> None:
+        if isinstance(event, EntryChanged) and event.new == "running":
+            started.append(event.key)
+            if len(started) == 2:
+                runner.stop()  # what the sweep's handler of SIGINT, SIGTERM and SIGHUP does
+
+    runner = QueueRunner(queue, ["cpu", "cpu"], python=str(stub), listener=listener, poll_s=0.02)
+    runner.run()
+    assert [e.state for e in queue.entries] == ["interrupted", "interrupted", "pending"]
+    assert [e.exit_code for e in queue.entries[:2]] == [143, 143]
+    assert [e["state"] for e in _entries(tmp_path / "sweep")] == ["interrupted", "interrupted", "pending"]
+
+
+def test_live_table_shows_each_run_with_its_settings(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from cifartui.cli.sweep import SweepDisplay
+
+    configs = [tiny_config(seed=seed) for seed in range(2)]
+    directory = tmp_path / "sweep"
+    directory.mkdir()
+    runs = [PlannedRun(config, {"settings": {"optimizer.lr": lr}, "seed": config.train.seed})
+            for config, lr in zip(configs, (0.1, 0.01))]
+    queue = RunQueue.create(directory, runs, kind="sweep", device="cpu")
+    queue.entries[0].state, queue.entries[0].device = "running", "cuda:1"
+    queue.entries[0].progress.epochs_done, queue.entries[0].progress.val_top1[1] = 1, 42.5
+    console = Console(record=True, width=100, height=30, force_terminal=True)
+    console.print(SweepDisplay(console, queue, {"varied": ["optimizer.lr"]}).render())
+    text = console.export_text()
+    assert "optimizer.lr" in text and "best val top-1" in text
+    assert any("001" in line and "0.1" in line and "cuda:1" in line and "running" in line and "1/2" in line
+               and "42.50%" in line for line in text.splitlines())
+    assert any("002" in line and "pending" in line for line in text.splitlines())
+    assert "1 pending, 1 running" in text
 
 
 def test_frozen_recipes_read_back_exactly() -> None:

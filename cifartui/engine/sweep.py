@@ -314,7 +314,8 @@ def sweep_runs(entries: Iterable[QueueEntry]) -> list[SweepRun]:
 
 def rank_settings(runs: Sequence[SweepRun]) -> list[SettingResult]:
     """Settings ranked by the mean of their runs' best validation top-1 (runs still going count
-    with their best so far); settings with no result yet come last, in plan order."""
+    with their best so far; equal means share a rank, and every setting ranked first is the
+    best); settings with no result yet come last, in plan order."""
     groups: dict[str, list[SweepRun]] = {}
     for run in runs:
         groups.setdefault(json.dumps(run.settings, sort_keys=True), []).append(run)
@@ -327,12 +328,13 @@ def rank_settings(runs: Sequence[SweepRun]) -> list[SettingResult]:
             statistics.stdev(values) if len(values) >= 2 else None,
             statistics.fmean(tests) if tests else None, None, False))
     order = sorted(range(len(results)), key=lambda i: (results[i].mean is None, -(results[i].mean or 0.0), i))
+    means = [r.mean for r in results if r.mean is not None]
     ranked = []
-    for position, index in enumerate(order, start=1):
+    for index in order:
         result = results[index]
-        has_value = result.mean is not None
+        rank = None if result.mean is None else 1 + sum(1 for m in means if m > result.mean)  # ties share a rank
         ranked.append(SettingResult(result.settings, result.runs, result.mean, result.std, result.test_mean,
-                                    position if has_value else None, has_value and position == 1))
+                                    rank, rank == 1))
     return ranked
 
 
