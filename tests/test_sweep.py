@@ -173,6 +173,8 @@ def test_a_second_process_cannot_drive_the_same_sweep(tmp_path: Path, capsys: py
     assert _entries(sweep_dir)[0]["state"] == "pending" and not any((sweep_dir / "001").glob("*/config.json"))
     assert main(["sweep", "--resume", str(sweep_dir), "--grid", "optimizer.lr=0.1,0.2"]) == 2
     assert "keeps its plan; --grid cannot change it" in capsys.readouterr().err
+    assert main(["sweep", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "sweep.json: missing; is" in " ".join(capsys.readouterr().err.split())
 
 
 def _position(run_dir: Path) -> tuple[int, int]:
@@ -443,3 +445,10 @@ def test_frozen_recipes_read_back_exactly() -> None:
     odd = tiny_config()
     odd = from_mapping(RunConfig, {**to_plain(odd), "description": 'quote " backslash \\ tab \t del \x7f é'})
     assert from_mapping(RunConfig, tomllib.loads(toml_document(to_plain(odd)))) == odd
+
+
+def test_reading_a_queue_needs_neither_textual_nor_torch() -> None:
+    code = ("import sys\nimport cifartui.engine.queue, cifartui.engine.sweep\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'torch')))\n")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "[]"

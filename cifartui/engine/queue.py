@@ -594,7 +594,7 @@ class QueueRunner:
                 self._set_state(entry, "interrupted", "the queue was stopped; it resumes with the queue")
             else:
                 self._startable.discard(entry.key)
-                how = signal.Signals(-code).name if code < 0 else f"exit code {code}"
+                how = _signal_name(-code) if code < 0 else f"exit code {code}"
                 self._set_state(entry, "interrupted", f"stopped from outside ({how}); it resumes with the queue")
         elif code == EXIT_USAGE and entry.run_dir is not None and is_locked(entry.run_dir):
             self._set_state(entry, "waiting", self._waiting_message(entry))  # someone took it meanwhile
@@ -663,6 +663,13 @@ def _signal(child: subprocess.Popen[bytes], number: int) -> None:
         child.send_signal(number)
     except ProcessLookupError:
         pass
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 _LIBC: Any = None
