@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cifartui.cli.common import EXIT_USAGE, user_errors
-from cifartui.cli import control, listing, results, training
+from cifartui.cli import control, listing, results, sweep, training
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "graphics need the extra cifartui[images], half blocks work in every terminal")
     parser.set_defaults(handler=training.cmd_app)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (training, control, listing, results):
+    for module in (training, control, sweep, listing, results):
         module.add_parsers(commands)
     return parser
 

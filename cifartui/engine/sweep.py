@@ -1,0 +1,375 @@
+"""Sweeps: which settings to try, when to stop a run early, and how the settings rank.
+
+A sweep varies some settings of one recipe, on a grid (every combination of the
+listed values) or at random (values drawn from ranges, or picked from lists), and
+trains each setting once per seed. It is a client of the run queue (`engine/queue.py`):
+the queue trains the runs; this module plans them and reads their results.
+
+    SWEEP_DIR/sweep.json   the plan: recipe, varied keys, seeds, early stopping
+    SWEEP_DIR/...          the queue (queue.json, one folder per run)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from cifartui.config import ConfigError, RunConfig, replace_path, to_plain
+from cifartui.engine.queue import QueueEntry, QueueError, load_summary
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+SWEEP_FORMAT = "cifartui-sweep-1"
+# Settings a sweep may not vary: seeds have --seeds, and where runs go is the queue's business.
+NOT_VARIED = {"train.seed": "use --seeds K to repeat each setting with seeds 0..K-1",
+              "train.device": "use --devices and --parallel to place runs"}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A setting and the values it takes (`--grid KEY=V1,V2,...`)."""
+
+    key: str
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric setting drawn uniformly, or log-uniformly, from [low, high] (`--range KEY=LOW:HIGH[:log]`)."""
+
+    key: str
+    low: float
+    high: float
+    log: bool
+
+
+def parse_value(text: str) -> Any:
+    """A value as `--set` reads it: TOML where it parses (numbers, booleans, lists), else a plain string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def split_values(text: str) -> list[str]:
+    """Split V1,V2,... at the commas that are outside brackets and quotes (a value may be a list)."""
+    items, depth, quote, start = [], 0, "", 0
+    for index, char in enumerate(text):
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(text[start:index])
+            start = index + 1
+    items.append(text[start:])
+    return [item.strip() for item in items]
+
+
+def parse_grid(text: str) -> Grid:
+    key, sep, values_text = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError("--grid", text, "expected KEY=V1,V2,..., for example optimizer.lr=0.01,0.1")
+    texts = split_values(values_text)
+    if not any(texts):
+        raise ConfigError("--grid", key, "empty list of values: expected KEY=V1,V2,...")
+    if not all(texts):
+        raise ConfigError("--grid", key, f"an empty value in '{values_text}': expected KEY=V1,V2,...")
+    values = tuple(parse_value(item) for item in texts)
+    for index, value in enumerate(values):
+        if value in values[:index]:
+            raise ConfigError("--grid", key, f"value {texts[index]} is listed twice")
+    return Grid(key, values)
+
+
+def parse_range(text: str) -> Range:
+    key, sep, bounds = text.partition("=")
+    key = key.strip()
+    usage = "expected KEY=LOW:HIGH or KEY=LOW:HIGH:log, for example optimizer.lr=1e-4:1e-1:log"
+    if not sep or not key:
+        raise ConfigError("--range", text, usage)
+    parts = [part.strip() for part in bounds.split(":")]
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
+        raise ConfigError("--range", key, f"'{bounds}': {usage}")
+    numbers = [parse_value(part) for part in parts[:2]]
+    if not all(isinstance(n, (int, float)) and not isinstance(n, bool) and math.isfinite(n) for n in numbers):
+        raise ConfigError("--range", key, f"'{bounds}': LOW and HIGH must be numbers; {usage}")
+    low, high = float(numbers[0]), float(numbers[1])
+    if not low < high:
+        raise ConfigError("--range", key, f"'{bounds}': expected LOW < HIGH")
+    log = len(parts) == 3
+    if log and low <= 0:
+        raise ConfigError("--range", key, f"'{bounds}': a log range needs LOW > 0")
+    return Range(key, low, high, log)
+
+
+def check_varied(base: RunConfig, grids: Sequence[Grid], ranges: Sequence[Range]) -> None:
+    """Every varied key exists, is varied once, may be varied, and each value fits it (as `--set` checks)."""
+    seen: set[str] = set()
+    for spec, source in [(g, "--grid") for g in grids] + [(r, "--range") for r in ranges]:
+        if spec.key in seen:
+            raise ConfigError(source, spec.key, "varied twice; give each key once")
+        seen.add(spec.key)
+        if spec.key in NOT_VARIED:
+            raise ConfigError(source, spec.key, f"cannot be varied by a sweep: {NOT_VARIED[spec.key]}")
+        if isinstance(spec, Grid):
+            for value in spec.values:
+                apply_settings(base, {spec.key: value}, source)
+            continue
+        current = _current_value(base, spec.key, source)
+        if isinstance(current, bool) or not isinstance(current, (int, float)):
+            raise ConfigError(source, spec.key, f"is {type(current).__name__} {current!r}, not a number; "
+                              "use --grid to list its values")
+        if isinstance(current, int) and math.ceil(spec.low) > math.floor(spec.high):
+            raise ConfigError(source, spec.key, f"an integer setting, and no integer lies in "
+                              f"[{spec.low:g}, {spec.high:g}]")
+        for bound in (spec.low, spec.high):
+            apply_settings(base, {spec.key: _as_type(current, bound, spec)}, source)
+
+
+def _current_value(config: RunConfig, key: str, source: str) -> Any:
+    replace_path(config, key, _lookup(to_plain(config), key), source)  # the same unknown-key messages as --set
+    return _lookup(to_plain(config), key)
+
+
+def _lookup(plain: Any, key: str) -> Any:
+    node = plain
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _as_type(current: Any, value: float, spec: Range) -> Any:
+    if isinstance(current, int):
+        return min(max(round(value), math.ceil(spec.low)), math.floor(spec.high))
+    return value
+
+
+def apply_settings(config: RunConfig, settings: Mapping[str, Any], source: str = "--grid") -> RunConfig:
+    """The config with the settings applied, each checked as `--set` checks it.
+
+    An explicit epoch count wins over a recipe's iteration budget, as `--epochs` does.
+    """
+    for key, value in settings.items():
+        config = replace_path(config, key, value, source)
+        if key == "train.epochs":
+            config = replace_path(config, "train.max_steps", 0, source)
+    return config
+
+
+def expand(grids: Sequence[Grid], ranges: Sequence[Range] = (), random_count: int | None = None, *,
+           base: RunConfig | None = None, draw_seed: int = 0) -> list[dict[str, Any]]:
+    """The settings to try: every combination of the grids, or `random_count` random draws.
+
+    A random draw takes each range's value uniformly (or log-uniformly) and each grid's
+    value as a uniform pick. Draws are seeded, so a plan can be made again; the plan on
+    disk keeps the values drawn.
+    """
+    if random_count is None:
+        keys = [g.key for g in grids]
+        return [dict(zip(keys, combination)) for combination in itertools.product(*(g.values for g in grids))]
+    rng = random.Random(draw_seed)
+    settings = []
+    for _ in range(random_count):
+        draw: dict[str, Any] = {}
+        for spec in list(grids) + list(ranges):
+            if isinstance(spec, Grid):
+                draw[spec.key] = rng.choice(spec.values)
+                continue
+            if spec.log:
+                value = math.exp(rng.uniform(math.log(spec.low), math.log(spec.high)))
+            else:
+                value = rng.uniform(spec.low, spec.high)
+            current = _lookup(to_plain(base), spec.key) if base is not None else None
+            rounded = min(max(float(f"{value:.4g}"), spec.low), spec.high)  # 4 significant digits read well
+            draw[spec.key] = _as_type(current, rounded, spec)
+        settings.append(draw)
+    return settings
+
+
+# Early stopping ------------------------------------------------------------------------------
+
+
+class SuccessiveHalving:
+    """Stop the worse half of the runs at rungs of epochs: first, 2*first, 4*first, ... below a run's length.
+
+    A run is judged when it reaches a rung, against every run that reached that rung
+    before it, itself included (the asynchronous variant, as in ASHA), so no run waits
+    for the others: it is stopped when its best validation top-1 so far ranks in the
+    worse half. The first run at a rung always goes on.
+    """
+
+    def __init__(self, first_rung: int = 1):
+        self.first_rung = max(1, int(first_rung))
+        self.records: dict[int, dict[str, float]] = {}
+        self.judged: dict[str, int] = {}  # run key -> epochs it has been judged up to
+
+    def rungs(self, total_epochs: int) -> list[int]:
+        rungs, rung = [], self.first_rung
+        while rung < total_epochs:
+            rungs.append(rung)
+            rung *= 2
+        return rungs
+
+    def remember(self, key: str, val_top1_best_until: Any, epochs_done: int, total_epochs: int) -> None:
+        """Record a run's rungs passed before now (a resumed sweep), without judging them again."""
+        for rung in self.rungs(total_epochs):
+            if rung <= epochs_done:
+                value = val_top1_best_until(rung)
+                if value is not None:
+                    self.records.setdefault(rung, {})[key] = value
+        self.judged[key] = max(self.judged.get(key, 0), epochs_done)
+
+    def judge(self, key: str, val_top1_best_until: Any, epochs_done: int, total_epochs: int) -> str | None:
+        """Why the run should stop now, or None when it goes on."""
+        verdict = None
+        for rung in self.rungs(total_epochs):
+            if rung <= self.judged.get(key, 0) or rung > epochs_done:
+                continue
+            value = val_top1_best_until(rung)
+            if value is None:
+                continue
+            record = self.records.setdefault(rung, {})
+            record[key] = value
+            rank = 1 + sum(1 for other in record.values() if other > value)
+            keep = math.ceil(len(record) / 2)
+            if verdict is None and rank > keep:
+                verdict = (f"halving at epoch {rung}: best val top-1 {value:.2f}% ranks {rank} of {len(record)} "
+                           f"runs there (the best {keep} go on)")
+        self.judged[key] = max(self.judged.get(key, 0), epochs_done)
+        return verdict
+
+
+# Results -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One run of a sweep and where it stands."""
+
+    key: str
+    settings: dict[str, Any]
+    seed: int
+    state: str
+    run_dir: str | None
+    epochs_done: int
+    epochs: int
+    best_val_top1: float | None
+    test_top1: float | None
+    message: str
+
+
+@dataclass(frozen=True)
+class SettingResult:
+    """The runs of one setting over seeds: mean and standard deviation of their best validation top-1."""
+
+    settings: dict[str, Any]
+    runs: tuple[SweepRun, ...]
+    mean: float | None
+    std: float | None  # sample standard deviation (n - 1); None below two runs
+    test_mean: float | None
+    rank: int | None
+    best: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        states = [run.state for run in self.runs]
+        return {"rank": self.rank, "best": self.best, "settings": self.settings,
+                "best_val_top1_mean": self.mean, "best_val_top1_std": self.std,
+                "best_val_top1": [run.best_val_top1 for run in self.runs],
+                "test_top1_mean": self.test_mean, "seeds": [run.seed for run in self.runs],
+                "states": states, "run_dirs": [run.run_dir for run in self.runs]}
+
+
+def sweep_runs(entries: Iterable[QueueEntry]) -> list[SweepRun]:
+    runs = []
+    for entry in entries:
+        summary = load_summary(entry) if entry.state == "finished" else None
+        best = summary.get("best_val_top1") if summary else entry.progress.best_val_top1
+        test = summary.get("test_top1") if summary else None
+        runs.append(SweepRun(entry.key, dict(entry.label.get("settings", {})), int(entry.label.get("seed", 0)),
+                             entry.state, str(entry.run_dir) if entry.run_dir else None,
+                             entry.progress.epochs_done, entry.epochs,
+                             float(best) if isinstance(best, (int, float)) else None,
+                             float(test) if isinstance(test, (int, float)) else None, entry.message))
+    return runs
+
+
+def rank_settings(runs: Sequence[SweepRun]) -> list[SettingResult]:
+    """Settings ranked by the mean of their runs' best validation top-1 (runs still going count
+    with their best so far; equal means share a rank, and every setting ranked first is the
+    best); settings with no result yet come last, in plan order."""
+    groups: dict[str, list[SweepRun]] = {}
+    for run in runs:
+        groups.setdefault(json.dumps(run.settings, sort_keys=True), []).append(run)
+    results = []
+    for members in groups.values():
+        values = [run.best_val_top1 for run in members if run.best_val_top1 is not None]
+        tests = [run.test_top1 for run in members if run.test_top1 is not None]
+        results.append(SettingResult(
+            members[0].settings, tuple(members), statistics.fmean(values) if values else None,
+            statistics.stdev(values) if len(values) >= 2 else None,
+            statistics.fmean(tests) if tests else None, None, False))
+    order = sorted(range(len(results)), key=lambda i: (results[i].mean is None, -(results[i].mean or 0.0), i))
+    means = [r.mean for r in results if r.mean is not None]
+    ranked = []
+    for index in order:
+        result = results[index]
+        rank = None if result.mean is None else 1 + sum(1 for m in means if m > result.mean)  # ties share a rank
+        ranked.append(SettingResult(result.settings, result.runs, result.mean, result.std, result.test_mean,
+                                    rank, rank == 1))
+    return ranked
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+# The plan file -------------------------------------------------------------------------------
+
+
+def write_plan(directory: Path, plan: Mapping[str, Any]) -> None:
+    from cifartui.engine.runs import write_json_atomic
+
+    write_json_atomic(Path(directory) / "sweep.json", {"format": SWEEP_FORMAT, **plan})
+
+
+def read_plan(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / "sweep.json"
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise QueueError(f"{path}: missing; is {directory} a sweep directory?") from None
+    except (OSError, ValueError) as error:
+        raise QueueError(f"{path}: not readable JSON: {error}") from None
+    if not isinstance(plan, dict) or plan.get("format") != SWEEP_FORMAT:
+        raise QueueError(f"{path}: not a cifartui sweep (expected format {SWEEP_FORMAT})")
+    return plan
+
+
+__all__ = ["Grid", "Range", "parse_grid", "parse_range", "parse_value", "split_values", "check_varied",
+           "apply_settings", "expand", "SuccessiveHalving", "SweepRun", "SettingResult", "sweep_runs",
+           "rank_settings", "format_value", "write_plan", "read_plan"]
