@@ -149,7 +149,8 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
                       resume=resume, log=lambda text: console.print(text, highlight=False, soft_wrap=True),
                       distributed=job, lock=lock, resume_changes=resume_changes, branch=branch)
     if job.enabled:
-        console.print(f"Data parallel: {job.world_size} processes ({torch_backend()}), "
+        processes = f"{job.world_size} process" + ("es" if job.world_size != 1 else "")
+        console.print(f"Data parallel: {processes} ({torch_backend()}), "
                       f"global batch {config.train.batch_size}", highlight=False)
     received: list[int] = []
 

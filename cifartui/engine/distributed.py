@@ -23,10 +23,11 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by torchrun, also with one process (which then checks NCCL alone)
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.launched or self.world_size > 1
 
     @property
     def is_main(self) -> bool:
@@ -77,15 +78,15 @@ def _collective_device() -> torch.device:
 def from_environment() -> Distributed:
     """Join the process group torchrun describes in the environment (once); else one process."""
     global _current
+    if "LOCAL_RANK" not in os.environ or "RANK" not in os.environ or _current.enabled:
+        return _current  # not under torchrun (or already joined)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1 or _current.enabled:
-        return _current
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_nccl = torch.cuda.is_available() and torch.cuda.device_count() > local_rank
     if use_nccl:
         torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if use_nccl else "gloo")
-    _current = Distributed(rank=rank, world_size=world_size, local_rank=local_rank)
+    _current = Distributed(rank=rank, world_size=world_size, local_rank=local_rank, launched=True)
     return _current
 
 
