@@ -235,3 +235,44 @@ def test_demo_synthetic_reaches_80_percent(tmp_path: Path) -> None:
                  "--summary-json", str(summary)]) == 0
     result = json.loads(summary.read_text())
     assert result["test_top1"] >= 80.0, result
+
+
+def test_explicit_max_steps_is_kept_beside_epochs(tmp_path: Path) -> None:
+    """--epochs drops only the recipe's own iteration budget; an explicit --set train.max_steps stays."""
+    from cifartui import presets
+
+    explicit = presets.compose(presets.load("demo-synthetic"), epochs=3, sets=["train.max_steps=7"])
+    assert (explicit.train.epochs, explicit.train.max_steps) == (3, 7)
+    recipe_budget = presets.compose(presets.load("elu18-cifar100"), epochs=3)
+    assert (recipe_budget.train.epochs, recipe_budget.train.max_steps) == (3, 0)
+    summary = tmp_path / "summary.json"
+    assert main(["train", "demo-synthetic", "--epochs", "3", "--set", "train.max_steps=7", "--set",
+                 "dataset.train_size=400", "--set", "dataset.test_size=50", "--device", "cpu",
+                 "--runs-dir", str(tmp_path / "runs"), "--summary-json", str(summary)]) == 0
+    assert json.loads(summary.read_text())["steps"] == 7
+
+
+def test_a_bad_key_in_a_part_preset_names_the_part_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parts = tmp_path / "config" / "presets" / "model"  # CIFARTUI_CONFIG points at tmp_path / "config"
+    parts.mkdir(parents=True)
+    (parts / "wide.toml").write_text('name = "cnn3"\nwidht = 2\n')
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[dataset]\nname = "synthetic"\n[model]\npreset = "wide"\n')
+    assert main(["train", str(recipe)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{parts / 'wide.toml'}: 'model.widht': unknown key" in err
+    assert main(["train", "demo-synthetic", "--model", "wide"]) == 2  # swapped in on the command line
+    assert f"{parts / 'wide.toml'}: 'model.widht'" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("option", [["--seed", str(2**32)], ["--set", "train.seed=4294967296"],
+                                    ["--set", "dataset.train_size=1000000000000"],
+                                    ["--set", "dataset.test_size=1000000000"]],
+                         ids=["seed", "set-seed", "train-size", "test-size"])
+def test_values_that_cannot_run_are_refused_before_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           option: list[str]) -> None:
+    runs = tmp_path / "runs"
+    assert main(["train", "demo-synthetic", "--device", "cpu", "--runs-dir", str(runs), *option]) == 2
+    err = capsys.readouterr().err
+    assert "out of range" in err and "Traceback" not in err
+    assert not runs.exists() or not list(runs.iterdir())
