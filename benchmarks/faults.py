@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -136,6 +137,179 @@ def kill_trials(count: int, seed: int) -> dict:
         "with_checkpoint": len(with_checkpoint),
         "resumed_bit_identical": sum(bool(r["identical"]) for r in with_checkpoint),
     }
+
+
+# --- damaged run folders ---------------------------------------------------------------------
+
+RUN_FILES = ("config.json", "status.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt")
+
+
+def finished_tiny_run(runs: Path) -> Path:
+    """A small finished run (one epoch of synthetic data) whose files the damage cases start from."""
+    code, _, err = cli_in_process(["train", "demo-synthetic", "--epochs", "1", "--set", "dataset.train_size=240",
+                                   "--set", "dataset.test_size=40", "--device", "cpu", "--runs-dir", str(runs)])
+    assert code == 0, err
+    (run_dir,) = list(runs.iterdir())
+    return run_dir
+
+
+def cli_in_process(argv: list[str]) -> tuple[int | None, str, str]:
+    """`cifartui ARGV` in this process: (exit code, stdout, stderr); a code of None when an exception escaped."""
+    import contextlib
+    import io
+    import traceback
+
+    from cifartui.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+    except Exception:  # the failure this looks for: reported, never hidden
+        return None, out.getvalue(), err.getvalue() + traceback.format_exc()
+    return code, out.getvalue(), err.getvalue()
+
+
+def _random_json(rng: random.Random, depth: int = 0) -> object:
+    kind = rng.randrange(8 if depth < 3 else 6)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.random() < 0.5
+    if kind == 2:
+        return rng.choice([0, -1, 1, 2**31, 2**63, 2**70, -(2**70), rng.randrange(-1000, 1000)])
+    if kind == 3:
+        return rng.choice([0.5, -1e308, 1e308, float("nan"), float("inf"), rng.uniform(-100, 100)])
+    if kind in (4, 5):
+        return rng.choice(["", "x", "running", "finished", "EpochEnded", "cnn3", "[/x]", "\udcff", "a" * 300])
+    if kind == 6:
+        return [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {rng.choice(["status", "pid", "step", "epoch", "event", "name", "train", "model", "dataset", "x"]):
+            _random_json(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+def _replace_somewhere(value: object, rng: random.Random) -> object:
+    """`value` (parsed JSON) with one nested value swapped for a random one."""
+    if isinstance(value, dict) and value and rng.random() < 0.8:
+        key = rng.choice(list(value))
+        return {**value, key: _replace_somewhere(value[key], rng)}
+    if isinstance(value, list) and value and rng.random() < 0.8:
+        index = rng.randrange(len(value))
+        return value[:index] + [_replace_somewhere(value[index], rng)] + value[index + 1:]
+    return _random_json(rng)
+
+
+def damaged_content(original: bytes, target: str, rng: random.Random) -> bytes:
+    """A hostile version of one run file: random bytes, cut short, bytes flipped, or odd JSON values."""
+    how = rng.choice(["random", "truncated", "flipped", "json"] + (["edited"] * 3 if not target.endswith(".pt")
+                                                                   else ["foreign checkpoint"]))
+    if how == "random":
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(300)))
+    if how == "truncated":
+        return original[:rng.randrange(len(original) + 1)]
+    if how == "flipped":
+        damaged = bytearray(original)
+        for _ in range(rng.randrange(1, 9)):
+            if damaged:
+                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        return bytes(damaged)
+    if how == "json":
+        return json.dumps(_random_json(rng)).encode()
+    if how == "foreign checkpoint":  # what torch.save writes, with the marker but anything inside
+        import io as io_module
+
+        buffer = io_module.BytesIO()
+        torch.save({"format": "cifartui-checkpoint-1", "model": _random_json(rng), "progress": _random_json(rng)},
+                   buffer)
+        return buffer.getvalue()
+    if target == "metrics.jsonl":  # one line edited, or a line of odd JSON added
+        lines = original.decode().splitlines()
+        index = rng.randrange(len(lines))
+        line = json.loads(lines[index])
+        lines[index] = json.dumps(_replace_somewhere(line, rng) if rng.random() < 0.7 else _random_json(rng))
+        return ("\n".join(lines) + "\n").encode()
+    return json.dumps(_replace_somewhere(json.loads(original), rng)).encode()
+
+
+def damaged_run_case(base_run: Path, work: Path, target: str, content: bytes) -> dict:
+    """Copy a finished run, put `content` in one of its files and run every command that reads that file.
+
+    Each must end with exit 0, or exit 2 and a message naming the file (a refused
+    resume may name the run instead); never with a traceback. The listing the app's
+    history shows must mark a run whose config.json is unusable as broken, naming the
+    file, and the app's reading of metrics lines must not raise.
+    """
+    from cifartui.engine.checkpoint import CheckpointError, load_checkpoint
+    from cifartui.engine.runs import RunDirError, list_runs, read_config
+    from cifartui.ui.app import event_from_json
+
+    work.mkdir(parents=True)
+    run = work / base_run.name
+    shutil.copytree(base_run, run)
+    (run / target).write_bytes(content)
+    name = Path(target).name
+    try:
+        read_config(run)
+        config_usable = True
+    except RunDirError:
+        config_usable = False
+    try:
+        load_checkpoint(run / "checkpoints" / "last.pt")
+        last_loads = True
+    except CheckpointError:
+        last_loads = False
+    commands = [["runs", "--runs-dir", str(work)], ["export", str(run), "--format", "json"],
+                ["export", str(run), "--format", "csv"]]
+    # A config.json that is still valid may name another dataset (real CIFAR would be
+    # downloaded), so the commands that load data run only where it is not.
+    if not (target == "config.json" and config_usable):
+        commands.append(["inspect", str(run), "--checkpoint", "best" if name == "best.pt" else "last"])
+    if target == "status.json" or (target == "config.json" and not config_usable) or (name == "last.pt" and not last_loads):
+        commands.append(["resume", str(run)])
+    failures = []
+    for argv in commands:
+        code, _out, err = cli_in_process(argv)
+        named = name in err or (argv[0] == "resume" and str(run) in err)
+        if argv[0] == "runs":
+            clean = code == 0 and (config_usable or name in err)
+        else:
+            clean = code == 0 or (code == 2 and named)
+        if not clean or "Traceback" in err:
+            failures.append({"command": " ".join(argv[:1] + argv[2:]), "code": code, "stderr": err[-1500:]})
+    try:
+        infos, _ = list_runs(work)
+        (info,) = [i for i in infos if i.path == run]
+        if not config_usable and not (info.status == "broken" and "config.json" in info.problem):
+            failures.append({"command": "history", "code": None, "stderr": f"listed as {info}"})
+        if target == "metrics.jsonl":
+            for line in content.decode("utf-8", errors="replace").splitlines():
+                try:
+                    data = json.loads(line)
+                except (ValueError, RecursionError):
+                    continue  # the app skips such a line the same way
+                event_from_json(data)
+    except Exception as error:  # reported, never hidden
+        failures.append({"command": "history", "code": None, "stderr": f"{type(error).__name__}: {error}"})
+    return {"target": target, "commands": len(commands), "failures": failures}
+
+
+def damaged_run_trials(count: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        base = finished_tiny_run(root / "base")
+        results = []
+        for trial in range(count):
+            target = RUN_FILES[trial % len(RUN_FILES)]
+            content = damaged_content((base / target).read_bytes(), target, rng)
+            result = damaged_run_case(base, root / f"case{trial}", target, content)
+            results.append(result)
+            shutil.rmtree(root / f"case{trial}", ignore_errors=True)
+            if result["failures"]:
+                print(f"  damaged {target}: {result['failures']}", file=sys.stderr)
+    return {"cases": count, "commands": sum(r["commands"] for r in results),
+            "clean_cases": sum(not r["failures"] for r in results),
+            "by_file": {target: sum(r["target"] == target for r in results) for target in RUN_FILES}}
 
 
 def _rss_mib() -> float:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -26,7 +28,8 @@ from cifartui.engine import events as ev
 from cifartui.engine import trainer as trainer_module
 from cifartui.engine.checkpoint import load_checkpoint
 from cifartui.engine.trainer import RunControl, Trainer
-from benchmarks.faults import KILL_PRESET, kill_trial, reference_run
+from benchmarks.faults import (KILL_PRESET, RUN_FILES, cli_in_process, damaged_content, damaged_run_case,
+                               finished_tiny_run, kill_trial, reference_run)
 from tests.conftest import tiny_config
 from tests.test_trainer import Recorder
 
@@ -265,3 +268,108 @@ def test_four_runs_in_the_app_keep_training_and_the_ui_keeps_answering(tmp_path:
                 handle.control.stop("test over")
             await wait_for(pilot, lambda: all(h.done.is_set() for h in handles), timeout=30)
     run(scenario())
+
+
+# --- damaged run folders -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return finished_tiny_run(tmp_path_factory.mktemp("finished") / "runs")
+
+
+def _metrics_with_epoch(run: Path, epoch: object) -> bytes:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    edited = [json.dumps({**json.loads(line), "epoch": epoch}) if '"EpochEnded"' in line else line for line in lines]
+    return ("\n".join(edited) + "\n").encode()
+
+
+def _status_with_pid(run: Path, pid: object) -> bytes:
+    return json.dumps({**json.loads((run / "status.json").read_text()), "status": "running", "pid": pid}).encode()
+
+
+@pytest.mark.parametrize("target, make", [
+    ("config.json", lambda run: b"[]"),
+    ("config.json", lambda run: b"null"),
+    ("config.json", lambda run: b'{"train": {"epochs": "many"}}'),
+    ("config.json", lambda run: b"\xff\xfe not text"),
+    ("config.json", lambda run: b"[" * 100000),
+    ("metrics.jsonl", lambda run: _metrics_with_epoch(run, "x")),
+    ("metrics.jsonl", lambda run: _metrics_with_epoch(run, 1e300)),
+    ("metrics.jsonl", lambda run: b'{"event": "EpochEnded"}\n{"event": "RunFinished", "test_top1": "high"}\n'),
+    ("status.json", lambda run: _status_with_pid(run, 2**70)),
+    ("status.json", lambda run: b'["running"]'),
+    ("checkpoints/best.pt", lambda run: os.urandom(3000)),
+], ids=["config-list", "config-null", "config-wrong-type", "config-not-utf8", "config-deep", "metrics-epoch-text",
+        "metrics-epoch-huge", "metrics-fields-missing", "status-huge-pid", "status-list", "best-random-bytes"])
+def test_named_damage_in_a_run_folder_gives_a_message_not_a_traceback(tiny_run: Path, tmp_path: Path, target: str,
+                                                                     make) -> None:  # noqa: ANN001
+    result = damaged_run_case(tiny_run, tmp_path / "runs", target, make(tiny_run))
+    assert not result["failures"], result
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(target=st.sampled_from(RUN_FILES), seed=st.integers(0, 2**32 - 1))
+def test_fuzzed_run_folder_files_give_a_message_naming_the_file(tiny_run: Path,
+                                                                tmp_path_factory: pytest.TempPathFactory,
+                                                                target: str, seed: int) -> None:
+    """Whatever config.json, status.json, metrics.jsonl or a checkpoint holds: exit 0, or 2 naming the file."""
+    content = damaged_content((tiny_run / target).read_bytes(), target, random.Random(seed))
+    result = damaged_run_case(tiny_run, tmp_path_factory.mktemp("case") / "runs", target, content)
+    assert not result["failures"], result
+
+
+def test_commands_on_a_run_whose_config_is_a_list_name_the_file(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / tiny_run.name
+    shutil.copytree(tiny_run, run)
+    (run / "config.json").write_text("[]")
+    from PIL import Image
+    Image.new("RGB", (40, 30)).save(tmp_path / "photo.png")
+    for argv in (["resume", str(run)], ["export", str(run), "--format", "csv"], ["inspect", str(run)],
+                 ["predict", str(run), str(tmp_path / "photo.png")]):
+        code, _, err = cli_in_process(argv)
+        assert code == 2 and f"{run / 'config.json'}: expected a JSON object" in err, (argv, err)
+    code, out, err = cli_in_process(["runs", "--runs-dir", str(tmp_path)])
+    assert code == 0 and "broken" in out and "config.json" in err
+
+
+def test_the_app_starts_over_broken_runs_and_history_shows_them_as_broken(tiny_run: Path, tmp_path: Path) -> None:
+    from textual.widgets import DataTable, Static
+
+    from cifartui.ui.app import make_app
+    from cifartui.ui.screens.dialogs import ResumeOfferScreen
+    from cifartui.ui.screens.history import HistoryScreen
+    from tests.app_helpers import run, wait_for
+
+    runs = tmp_path / "runs"
+    damage = {"a-config-list": ("config.json", b"[]"), "b-config-null": ("config.json", b"null"),
+              "c-bad-metrics": ("metrics.jsonl", _metrics_with_epoch(tiny_run, "x") + b'[1, 2]\n{"event": 3}\n'
+                                b'{"event": "StepMetrics", "step": "ten", "loss": null}\n'),
+              "d-huge-pid": ("status.json", _status_with_pid(tiny_run, 2**70))}
+    for name, (target, content) in damage.items():
+        shutil.copytree(tiny_run, runs / name)
+        (runs / name / target).write_bytes(content)
+
+    async def scenario() -> None:
+        app = make_app(runs_dir=runs)  # offering to resume reads every run as the app starts
+        async with app.run_test(size=(120, 40)) as pilot:
+            # The run with a stale live status is offered for resume; the broken ones are not.
+            await wait_for(pilot, lambda: isinstance(app.screen, ResumeOfferScreen))
+            assert app.screen.names == ["d-huge-pid"]
+            await pilot.press("n")
+            await pilot.press("h")
+            await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen))
+            table = app.screen.query_one("#runs-table", DataTable)
+            statuses = {str(table.get_row_at(i)[0]): str(table.get_row_at(i)[1]) for i in range(table.row_count)}
+            assert statuses == {"d-huge-pid": "interrupted", "c-bad-metrics": "finished",
+                                "b-config-null": "broken", "a-config-list": "broken"}
+            problems = str(app.screen.query_one("#history-problems", Static).render())
+            assert problems.count("config.json") == 2
+            await pilot.press("down", "down", "enter")  # a broken run: a message, and the app carries on
+            await pilot.pause(0.3)
+            assert isinstance(app.screen, HistoryScreen) and not app.handles
+            await pilot.press("up", "enter")  # the run with damaged metrics lines opens without them
+            await wait_for(pilot, lambda: len(app.handles) == 1)
+            panel = app.panel(next(iter(app.handles)))
+            await wait_for(pilot, lambda: panel.finished is not None)
+    run(scenario())
+
