@@ -1,6 +1,7 @@
 """Long fault runs: many kill -9 trials, and four runs in the app under load for minutes.
 
-    python benchmarks/faults.py [--kill-trials 100] [--soak-minutes 10] [--json FILE]
+    python benchmarks/faults.py [--kill-trials 100] [--early-interrupt-trials 30]
+        [--checkpoint-interrupt-trials 10] [--damaged-run-cases 500] [--soak-minutes 10] [--json FILE]
 
 Kill trials: a small real run (`cifartui train`, checkpoints about every 30 ms) is
 killed with SIGKILL once it reports a random step, plus a random delay, so kills land
@@ -11,7 +12,13 @@ Soak: the app (headless, through Textual's Pilot) trains four runs at once; ever
 it measures how long a key takes to open the help screen, whether every run advanced,
 and the process's resident memory.
 
-Prints a Markdown table; the README's figures come from this command.
+Signals: SIGINT at random moments of the first seconds of `train`, `inspect` and
+`predict`, and a second SIGINT while a stopping run writes its checkpoint.
+
+Damaged run folders: random bytes, cut-short or flipped copies, odd JSON values and
+foreign checkpoints in each run file, and every command that reads it.
+
+Prints Markdown tables; the README's figures come from this command.
 """
 
 from __future__ import annotations
@@ -312,6 +319,120 @@ def damaged_run_trials(count: int, seed: int) -> dict:
             "by_file": {target: sum(r["target"] == target for r in results) for target in RUN_FILES}}
 
 
+# --- signals at awkward moments ------------------------------------------------------------------
+
+def cifartui_process(*args: str, **popen: object) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cifartui.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def run_events(runs: Path) -> list[dict]:
+    found = []
+    for metrics in runs.glob("*/metrics.jsonl"):
+        for line in metrics.read_text().splitlines():
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                pass  # a line being written
+    return found
+
+
+def _wait_until(condition, timeout: float) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def early_interrupt_trials(count: int, seed: int) -> dict:
+    """`train`, `inspect` and `predict` get SIGINT at a random moment of their first 4 s (PyTorch loading,
+    data, model, first steps): each must exit 130 without a traceback, and a run folder left behind must
+    hold a checkpoint."""
+    from PIL import Image
+
+    rng = random.Random(seed)
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        base = finished_tiny_run(root / "base")
+        Image.new("RGB", (40, 30), (10, 200, 30)).save(root / "photo.png")
+        for trial in range(count):
+            command = ("train", "inspect", "predict")[trial % 3]
+            runs = root / f"runs{trial}"
+            arguments = {"train": ["train", "demo-synthetic", "--device", "cpu", "--runs-dir", str(runs)],
+                         "inspect": ["inspect", str(base)], "predict": ["predict", str(base), str(root / "photo.png")]}
+            moment = rng.uniform(0.3, 4.0)
+            process = cifartui_process(*arguments[command])
+            time.sleep(moment)
+            process.send_signal(signal.SIGINT)
+            _out, err = process.communicate(timeout=300)
+            empty = [p.name for p in runs.glob("*") if not (p / "checkpoints" / "last.pt").is_file()]
+            results.append({"command": command, "moment": moment, "code": process.returncode,
+                            "traceback": "Traceback" in err or "Error" in err, "runs_without_checkpoint": empty})
+            print(f"  Ctrl-C trial {trial + 1}/{count}: {results[-1]}", file=sys.stderr)
+    return {"trials": count, "exit_130": sum(r["code"] == 130 for r in results),
+            "tracebacks": sum(r["traceback"] for r in results),
+            "runs_without_checkpoint": sum(bool(r["runs_without_checkpoint"]) for r in results)}
+
+
+SLOW_CHECKPOINT_PRESET = """
+[dataset]
+name = "synthetic"
+train_size = 64
+test_size = 16
+val_fraction = 0.25
+[model]
+name = "vgg11"
+[optimizer]
+name = "sgd"
+lr = 0.01
+momentum = 0.9
+[train]
+epochs = 1000
+batch_size = 16
+device = "cpu"
+checkpoint_minutes = 0.0
+"""
+
+
+def interrupted_checkpoint_trials(count: int) -> dict:
+    """A first SIGINT stops a run (VGG-11, a 75 MB checkpoint), a second one lands while that checkpoint is
+    written: exit 130, no "run failed", the previous checkpoint loads, no temporary file is left."""
+    from cifartui.engine.checkpoint import CheckpointError
+
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        preset = root / "slow-checkpoint.toml"
+        preset.write_text(SLOW_CHECKPOINT_PRESET)
+        for trial in range(count):
+            runs = root / f"runs{trial}"
+            process = cifartui_process("train", str(preset), "--runs-dir", str(runs))
+            _wait_until(lambda: any(e["event"] == "CheckpointSaved" for e in run_events(runs)), 300)
+            (run,) = runs.iterdir()
+            process.send_signal(signal.SIGINT)
+            mid_write = _wait_until(lambda: bool(list((run / "checkpoints").glob(".*.tmp"))), 120)
+            process.send_signal(signal.SIGINT)
+            _out, err = process.communicate(timeout=300)
+            try:
+                _load(run / "checkpoints" / "last.pt")
+                loads = True
+            except CheckpointError:
+                loads = False
+            results.append({"mid_write": mid_write, "code": process.returncode, "loads": loads,
+                            "failed_message": "the run failed" in err or "Traceback" in err,
+                            "temporary_left": bool(list((run / "checkpoints").glob(".*.tmp"))),
+                            "status": json.loads((run / "status.json").read_text())["status"]})
+            print(f"  second Ctrl-C trial {trial + 1}/{count}: {results[-1]}", file=sys.stderr)
+    return {"trials": count, "second_signal_mid_write": sum(r["mid_write"] for r in results),
+            "exit_130": sum(r["code"] == 130 for r in results), "last_checkpoint_loads": sum(r["loads"] for r in results),
+            "failed_messages": sum(r["failed_message"] for r in results),
+            "temporary_files_left": sum(r["temporary_left"] for r in results),
+            "statuses": sorted({r["status"] for r in results})}
+
+
 def _rss_mib() -> float:
     with open("/proc/self/statm") as handle:
         pages = int(handle.read().split()[1])
@@ -401,6 +522,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kill-trials", type=int, default=100)
     parser.add_argument("--soak-minutes", type=float, default=10.0)
+    parser.add_argument("--early-interrupt-trials", type=int, default=30)
+    parser.add_argument("--checkpoint-interrupt-trials", type=int, default=10)
+    parser.add_argument("--damaged-run-cases", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -408,6 +532,12 @@ def main() -> None:
                          f"torch {torch.__version__}"}
     if args.kill_trials:
         report["kill"] = kill_trials(args.kill_trials, args.seed)
+    if args.early_interrupt_trials:
+        report["early_interrupt"] = early_interrupt_trials(args.early_interrupt_trials, args.seed)
+    if args.checkpoint_interrupt_trials:
+        report["checkpoint_interrupt"] = interrupted_checkpoint_trials(args.checkpoint_interrupt_trials)
+    if args.damaged_run_cases:
+        report["damaged_runs"] = damaged_run_trials(args.damaged_run_cases, args.seed)
     if args.soak_minutes:
         report["soak"] = soak(args.soak_minutes)
     if args.json:
@@ -421,6 +551,25 @@ def main() -> None:
         print(f"| {k['trials']} | {k['killed_mid_checkpoint_write']} | {k['killed_before_first_checkpoint']} | "
               f"{k['last_checkpoint_loaded']}/{k['with_checkpoint']} | "
               f"{k['resumed_bit_identical']}/{k['with_checkpoint']} |\n")
+    if "early_interrupt" in report:
+        e = report["early_interrupt"]
+        print("| Ctrl-C in the first 4 s (train, inspect, predict) | exit 130 | tracebacks | run folders without a "
+              "checkpoint |")
+        print("| --- | --- | --- | --- |")
+        print(f"| {e['trials']} | {e['exit_130']}/{e['trials']} | {e['tracebacks']} | {e['runs_without_checkpoint']} |\n")
+    if "checkpoint_interrupt" in report:
+        c = report["checkpoint_interrupt"]
+        print("| second Ctrl-C while the stop checkpoint is written | landed mid-write | exit 130 | last checkpoint "
+              "loads | \"run failed\" | temporary files left |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        print(f"| {c['trials']} | {c['second_signal_mid_write']} | {c['exit_130']}/{c['trials']} | "
+              f"{c['last_checkpoint_loads']}/{c['trials']} | {c['failed_messages']} | {c['temporary_files_left']} |\n")
+    if "damaged_runs" in report:
+        d = report["damaged_runs"]
+        print("| damaged run-folder files (config, status, metrics, last.pt, best.pt) | commands run | cases with exit 0 "
+              "or 2 naming the file, no traceback |")
+        print("| --- | --- | --- |")
+        print(f"| {d['cases']} | {d['commands']} | {d['clean_cases']}/{d['cases']} |\n")
     if "soak" in report:
         s = report["soak"]
         print("| soak | samples | every run advanced | key latency median / p95 / max (over 200 ms) "

@@ -13,6 +13,8 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -28,8 +30,9 @@ from cifartui.engine import events as ev
 from cifartui.engine import trainer as trainer_module
 from cifartui.engine.checkpoint import load_checkpoint
 from cifartui.engine.trainer import RunControl, Trainer
-from benchmarks.faults import (KILL_PRESET, RUN_FILES, cli_in_process, damaged_content, damaged_run_case,
-                               finished_tiny_run, kill_trial, reference_run)
+from benchmarks.faults import (KILL_PRESET, RUN_FILES, SLOW_CHECKPOINT_PRESET, cifartui_process, cli_in_process,
+                               damaged_content, damaged_run_case, finished_tiny_run, kill_trial, reference_run,
+                               run_events)
 from tests.conftest import tiny_config
 from tests.test_trainer import Recorder
 
@@ -373,3 +376,174 @@ def test_the_app_starts_over_broken_runs_and_history_shows_them_as_broken(tiny_r
             await wait_for(pilot, lambda: panel.finished is not None)
     run(scenario())
 
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.parametrize("signal_name, expected", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_the_app_exits_with_the_code_of_the_signal_that_ended_it(tmp_path: Path, signal_name: str,
+                                                                 expected: int) -> None:
+    import shlex
+    import signal as signals
+    import sys
+    import uuid
+
+    from tests.test_tmux import _tmux, _wait_for_screen
+
+    session = f"cifartui-exit-{uuid.uuid4().hex[:8]}"
+    code_file = tmp_path / "code"
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in {
+        "CIFARTUI_DATA": str(tmp_path / "data"), "CIFARTUI_CONFIG": str(tmp_path / "config"),
+        "TERM": "tmux-256color"}.items())
+    command = (f"env {env} {shlex.quote(sys.executable)} -m cifartui.cli --images halfblock --runs-dir "
+               f"{shlex.quote(str(tmp_path / 'runs'))}; echo $? > {shlex.quote(str(code_file))}")
+    _tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", f"bash -c {shlex.quote(command)}")
+    try:
+        _wait_for_screen(session, r"No runs yet")
+        shell = int(_tmux("display-message", "-p", "-t", session, "#{pane_pid}").strip())
+        (app_process,) = _children(shell)
+        os.kill(app_process, getattr(signals, signal_name))
+        _wait(code_file.exists, timeout=15)
+        time.sleep(0.1)  # the shell has opened the file; let it write
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    assert int(code_file.read_text()) == expected
+
+
+def test_a_crash_of_the_app_is_a_non_zero_exit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import cifartui.ui.app as app_module
+
+    class CrashingApp(app_module.CifarTuiApp):
+        def on_mount(self) -> None:
+            raise RuntimeError("a bug in the app")
+
+        def run(self, **kwargs):  # noqa: ANN003, ANN201 - no terminal under pytest
+            return super().run(headless=True, **kwargs)
+
+    monkeypatch.setattr(app_module, "make_app", lambda **kwargs: CrashingApp(**kwargs))
+    assert main(["--runs-dir", str(tmp_path / "runs"), "--images", "halfblock"]) == 1
+
+
+# --- signals at awkward moments --------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["train", "inspect", "predict"])
+def test_an_early_ctrl_c_exits_130_cleanly_and_leaves_no_empty_run(tiny_run: Path, tmp_path: Path,
+                                                                   command: str) -> None:
+    """SIGINT while the command starts (PyTorch loading, data, model) or just after: 130, no traceback."""
+    import signal as signals
+
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(tmp_path / "photo.png")
+    arguments = {"train": ["train", "demo-synthetic", "--device", "cpu", "--runs-dir", str(tmp_path / "runs")],
+                 "inspect": ["inspect", str(tiny_run)],
+                 "predict": ["predict", str(tiny_run), str(tmp_path / "photo.png")]}[command]
+    moments = [0.4, 0.7, 1.2, 1.8, 2.5, 3.5] if command == "train" else [0.4, 1.0, 1.8, 2.6]
+    for moment in moments:
+        process = cifartui_process(*arguments)
+        time.sleep(moment)
+        process.send_signal(signals.SIGINT)
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 130, (moment, process.returncode, err[-2000:])
+        assert "Traceback" not in err and "Error" not in err, (moment, err[-2000:])
+    if command == "train":
+        for run in (tmp_path / "runs").glob("*"):  # a run left behind can be resumed
+            assert (run / "checkpoints" / "last.pt").is_file(), sorted(p.name for p in run.iterdir())
+
+
+def test_a_second_ctrl_c_while_loading_data_leaves_nothing_to_resume(tmp_path: Path) -> None:
+    import signal as signals
+
+    runs = tmp_path / "runs"
+    process = cifartui_process("train", "demo-synthetic", "--device", "cpu", "--runs-dir", str(runs),
+                               "--set", "dataset.train_size=40000")  # seconds of generating images
+    _wait(lambda: any(e.get("phase") == "loading data" for e in run_events(runs)), timeout=120)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    # Python runs a handler once for signals that arrive during one long NumPy call, so
+    # Ctrl-C is pressed until the command answers, as an impatient user does.
+    deadline, last_press = time.monotonic() + 60, 0.0
+    while process.poll() is None and not any("Interrupted" in line for line in lines) \
+            and time.monotonic() < deadline:
+        if time.monotonic() - last_press > 0.4:
+            process.send_signal(signals.SIGINT)
+            last_press = time.monotonic()
+        time.sleep(0.005)
+    process.wait(timeout=120)
+    reader.join(10)
+    err = process.stderr.read()
+    text = " ".join("".join(lines).split())
+    # -SIGINT: a press that lands while the interpreter shuts down ends it by SIGINT,
+    # which a shell reports as 130 too.
+    assert process.returncode in (130, -signals.SIGINT), err
+    assert "Training demo-synthetic" not in text, "the data should still have been loading"
+    assert "Resume from the last checkpoint" not in text and "Traceback" not in err, (text, err)
+    assert not list(runs.iterdir())  # no run folder that only says "failed"
+
+
+def test_a_second_ctrl_c_during_a_checkpoint_write_exits_130_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
+    """VGG-11's checkpoint (about 75 MB with momentum) takes long enough to be interrupted mid-write."""
+    import signal as signals
+
+    preset = tmp_path / "slow-checkpoint.toml"
+    preset.write_text(SLOW_CHECKPOINT_PRESET)
+    runs = tmp_path / "runs"
+    outcomes = []
+    for trial in range(2):
+        process = cifartui_process("train", str(preset), "--runs-dir", str(runs / str(trial)))
+        _wait(lambda: any(e["event"] == "CheckpointSaved" for e in run_events(runs / str(trial))), timeout=180)
+        (run,) = (runs / str(trial)).iterdir()
+        saved_step = load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"]
+        process.send_signal(signals.SIGINT)  # stop: the run writes its checkpoint now
+        _wait(lambda: bool(list((run / "checkpoints").glob(".*.tmp"))) or process.poll() is not None, timeout=120)
+        process.send_signal(signals.SIGINT)  # and again, while it is being written
+        out, err = process.communicate(timeout=120)
+        outcomes.append((process.returncode, err[-1500:]))
+        assert process.returncode == 130, outcomes
+        assert "the run failed" not in err and "Traceback" not in err, outcomes
+        assert load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"] >= saved_step
+        assert not list((run / "checkpoints").glob(".*.tmp"))
+        status = json.loads((run / "status.json").read_text())
+        assert status["status"] in ("interrupted", "stopped"), status  # stopped: the write finished first
+
+
+@pytest.mark.parametrize("ignored", ["SIGHUP", "SIGINT"])
+def test_an_ignored_signal_stays_ignored_as_under_nohup(tmp_path: Path, ignored: str) -> None:
+    """`nohup cifartui train ...` (SIGHUP ignored), or a background job of a shell script (SIGINT ignored)."""
+    import signal as signals
+
+    number = getattr(signals, ignored)
+    runs = tmp_path / "runs"
+    process = cifartui_process("train", "demo-synthetic", "--device", "cpu", "--runs-dir", str(runs), "--epochs",
+                               "1", "--set", "dataset.train_size=3000", "--set", "dataset.test_size=100",
+                               preexec_fn=lambda: signals.signal(number, signals.SIG_IGN))
+    _wait(lambda: any(e["event"] == "StepMetrics" for e in run_events(runs)), timeout=180)
+    process.send_signal(number)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    assert "finished" in out
+
+
+def test_running_out_of_cpu_memory_says_what_to_lower(tmp_path: Path) -> None:
+    """A batch that does not fit under `ulimit -v`: the CPU allocator's error comes with advice."""
+    import resource
+
+    limit = 6 * 2**30  # PyTorch itself maps about 3.5 GB of address space
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    process = cifartui_process("train", "demo-synthetic", "--device", "cpu", "--runs-dir", str(tmp_path / "runs"),
+                               "--epochs", "1", "--batch-size", "65536", "--set", "dataset.train_size=30000",
+                               "--set", "dataset.test_size=100", preexec_fn=limit_memory)
+    out, err = process.communicate(timeout=300)
+    message = " ".join(err.split())
+    assert process.returncode == 1, err
+    assert "out of memory" in message and "Lower train.batch_size (now 65536)" in message, err
+    assert "Traceback (most recent call last)" not in err  # it is in the run's error.log

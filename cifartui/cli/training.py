@@ -191,6 +191,8 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
     left_at_once: list[int] = []
 
     def on_signal(number: int, _frame: Any) -> None:
+        if left_at_once:
+            return  # already leaving: let the cleanup finish and say what is left
         if received:  # a second signal: leave now; the last checkpoint on disk stays intact
             left_at_once.append(number)
             raise KeyboardInterrupt
