@@ -430,7 +430,8 @@ def interrupted_checkpoint_trials(count: int) -> dict:
             "exit_130": sum(r["code"] == 130 for r in results), "last_checkpoint_loads": sum(r["loads"] for r in results),
             "failed_messages": sum(r["failed_message"] for r in results),
             "temporary_files_left": sum(r["temporary_left"] for r in results),
-            "statuses": sorted({r["status"] for r in results})}
+            "status_counts": ", ".join(f"{status} {sum(r['status'] == status for r in results)}"
+                                       for status in sorted({r["status"] for r in results}))}
 
 
 def _rss_mib() -> float:
@@ -559,11 +560,12 @@ def main() -> None:
         print(f"| {e['trials']} | {e['exit_130']}/{e['trials']} | {e['tracebacks']} | {e['runs_without_checkpoint']} |\n")
     if "checkpoint_interrupt" in report:
         c = report["checkpoint_interrupt"]
-        print("| second Ctrl-C while the stop checkpoint is written | landed mid-write | exit 130 | last checkpoint "
-              "loads | \"run failed\" | temporary files left |")
-        print("| --- | --- | --- | --- | --- | --- |")
+        print("| second Ctrl-C while the stop checkpoint is written | sent while its temporary file existed | exit 130 "
+              "| last checkpoint loads | \"run failed\" | temporary files left | status after |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         print(f"| {c['trials']} | {c['second_signal_mid_write']} | {c['exit_130']}/{c['trials']} | "
-              f"{c['last_checkpoint_loads']}/{c['trials']} | {c['failed_messages']} | {c['temporary_files_left']} |\n")
+              f"{c['last_checkpoint_loads']}/{c['trials']} | {c['failed_messages']} | {c['temporary_files_left']} | "
+              f"{c['status_counts']} |\n")
     if "damaged_runs" in report:
         d = report["damaged_runs"]
         print("| damaged run-folder files (config, status, metrics, last.pt, best.pt) | commands run | cases with exit 0 "
