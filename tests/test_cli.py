@@ -444,3 +444,16 @@ def test_markup_in_names_descriptions_and_paths_is_printed_as_written(tmp_path: 
     preset.write_text('description = "[blink]x[/blink]"\n[dataset]\nname = "synthetic"\n')
     assert main(["presets", "[red]mine"]) == 0
     assert squash("[red]mine: [blink]x[/blink]") in squash(capsys.readouterr().out)
+
+
+def test_listing_and_exporting_runs_do_not_load_pytorch(export_run: Path) -> None:
+    """`runs` and CSV or JSON exports answer at once: PyTorch takes seconds to import."""
+    script = ("import io, sys, contextlib\nfrom cifartui.cli import main\n"
+              "with contextlib.redirect_stdout(io.StringIO()):\n"
+              f"    assert main(['runs', '--runs-dir', {str(export_run.parent)!r}]) == 0\n"
+              f"    assert main(['export', {str(export_run)!r}, '--format', 'csv']) == 0\n"
+              f"    assert main(['export', {str(export_run)!r}, '--format', 'json']) == 0\n"
+              "print(sorted(m for m in ('torch', 'torchvision', 'textual') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
