@@ -1,6 +1,7 @@
 """Long fault runs: many kill -9 trials, and four runs in the app under load for minutes.
 
-    python benchmarks/faults.py [--kill-trials 100] [--soak-minutes 10] [--json FILE]
+    python benchmarks/faults.py [--kill-trials 100] [--early-interrupt-trials 30]
+        [--checkpoint-interrupt-trials 10] [--damaged-run-cases 500] [--soak-minutes 10] [--json FILE]
 
 Kill trials: a small real run (`cifartui train`, checkpoints about every 30 ms) is
 killed with SIGKILL once it reports a random step, plus a random delay, so kills land
@@ -11,7 +12,13 @@ Soak: the app (headless, through Textual's Pilot) trains four runs at once; ever
 it measures how long a key takes to open the help screen, whether every run advanced,
 and the process's resident memory.
 
-Prints a Markdown table; the README's figures come from this command.
+Signals: SIGINT at random moments of the first seconds of `train`, `inspect` and
+`predict`, and a second SIGINT while a stopping run writes its checkpoint.
+
+Damaged run folders: random bytes, cut-short or flipped copies, odd JSON values and
+foreign checkpoints in each run file, and every command that reads it.
+
+Prints Markdown tables; the README's figures come from this command.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -138,6 +146,294 @@ def kill_trials(count: int, seed: int) -> dict:
     }
 
 
+# --- damaged run folders ---------------------------------------------------------------------
+
+RUN_FILES = ("config.json", "status.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt")
+
+
+def finished_tiny_run(runs: Path) -> Path:
+    """A small finished run (one epoch of synthetic data) whose files the damage cases start from."""
+    code, _, err = cli_in_process(["train", "demo-synthetic", "--epochs", "1", "--set", "dataset.train_size=240",
+                                   "--set", "dataset.test_size=40", "--device", "cpu", "--runs-dir", str(runs)])
+    assert code == 0, err
+    (run_dir,) = list(runs.iterdir())
+    return run_dir
+
+
+def cli_in_process(argv: list[str]) -> tuple[int | None, str, str]:
+    """`cifartui ARGV` in this process: (exit code, stdout, stderr); a code of None when an exception escaped."""
+    import contextlib
+    import io
+    import traceback
+
+    from cifartui.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+    except Exception:  # the failure this looks for: reported, never hidden
+        return None, out.getvalue(), err.getvalue() + traceback.format_exc()
+    return code, out.getvalue(), err.getvalue()
+
+
+def _random_json(rng: random.Random, depth: int = 0) -> object:
+    kind = rng.randrange(8 if depth < 3 else 6)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.random() < 0.5
+    if kind == 2:
+        return rng.choice([0, -1, 1, 2**31, 2**63, 2**70, -(2**70), rng.randrange(-1000, 1000)])
+    if kind == 3:
+        return rng.choice([0.5, -1e308, 1e308, float("nan"), float("inf"), rng.uniform(-100, 100)])
+    if kind in (4, 5):
+        return rng.choice(["", "x", "running", "finished", "EpochEnded", "cnn3", "[/x]", "\udcff", "a" * 300])
+    if kind == 6:
+        return [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {rng.choice(["status", "pid", "step", "epoch", "event", "name", "train", "model", "dataset", "x"]):
+            _random_json(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+def _replace_somewhere(value: object, rng: random.Random) -> object:
+    """`value` (parsed JSON) with one nested value swapped for a random one."""
+    if isinstance(value, dict) and value and rng.random() < 0.8:
+        key = rng.choice(list(value))
+        return {**value, key: _replace_somewhere(value[key], rng)}
+    if isinstance(value, list) and value and rng.random() < 0.8:
+        index = rng.randrange(len(value))
+        return value[:index] + [_replace_somewhere(value[index], rng)] + value[index + 1:]
+    return _random_json(rng)
+
+
+def damaged_content(original: bytes, target: str, rng: random.Random) -> bytes:
+    """A hostile version of one run file: random bytes, cut short, bytes flipped, or odd JSON values."""
+    how = rng.choice(["random", "truncated", "flipped", "json"] + (["edited"] * 3 if not target.endswith(".pt")
+                                                                   else ["foreign checkpoint"]))
+    if how == "random":
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(300)))
+    if how == "truncated":
+        return original[:rng.randrange(len(original) + 1)]
+    if how == "flipped":
+        damaged = bytearray(original)
+        for _ in range(rng.randrange(1, 9)):
+            if damaged:
+                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        return bytes(damaged)
+    if how == "json":
+        return json.dumps(_random_json(rng)).encode()
+    if how == "foreign checkpoint":  # what torch.save writes, with the marker but anything inside
+        import io as io_module
+
+        buffer = io_module.BytesIO()
+        torch.save({"format": "cifartui-checkpoint-1", "model": _random_json(rng), "progress": _random_json(rng)},
+                   buffer)
+        return buffer.getvalue()
+    if target == "metrics.jsonl":  # one line edited, or a line of odd JSON added
+        lines = original.decode().splitlines()
+        index = rng.randrange(len(lines))
+        line = json.loads(lines[index])
+        lines[index] = json.dumps(_replace_somewhere(line, rng) if rng.random() < 0.7 else _random_json(rng))
+        return ("\n".join(lines) + "\n").encode()
+    return json.dumps(_replace_somewhere(json.loads(original), rng)).encode()
+
+
+def damaged_run_case(base_run: Path, work: Path, target: str, content: bytes) -> dict:
+    """Copy a finished run, put `content` in one of its files and run every command that reads that file.
+
+    Each must end with exit 0, or exit 2 and a message naming the file (a refused
+    resume may name the run instead); never with a traceback. The listing the app's
+    history shows must mark a run whose config.json is unusable as broken, naming the
+    file, and the app's reading of metrics lines must not raise.
+    """
+    from cifartui.engine.checkpoint import CheckpointError, load_checkpoint
+    from cifartui.engine.runs import RunDirError, list_runs, read_config
+    from cifartui.ui.app import event_from_json
+
+    work.mkdir(parents=True)
+    run = work / base_run.name
+    shutil.copytree(base_run, run)
+    (run / target).write_bytes(content)
+    name = Path(target).name
+    try:
+        read_config(run)
+        config_usable = True
+    except RunDirError:
+        config_usable = False
+    try:
+        load_checkpoint(run / "checkpoints" / "last.pt")
+        last_loads = True
+    except CheckpointError:
+        last_loads = False
+    commands = [["runs", "--runs-dir", str(work)], ["export", str(run), "--format", "json"],
+                ["export", str(run), "--format", "csv"]]
+    # A config.json that is still valid may name another dataset (real CIFAR would be
+    # downloaded), so the commands that load data run only where it is not.
+    if not (target == "config.json" and config_usable):
+        commands.append(["inspect", str(run), "--checkpoint", "best" if name == "best.pt" else "last"])
+    if target == "status.json" or (target == "config.json" and not config_usable) or (name == "last.pt" and not last_loads):
+        commands.append(["resume", str(run)])
+    failures = []
+    for argv in commands:
+        code, _out, err = cli_in_process(argv)
+        named = name in err or (argv[0] == "resume" and str(run) in err)
+        if argv[0] == "runs":
+            clean = code == 0 and (config_usable or name in err)
+        else:
+            clean = code == 0 or (code == 2 and named)
+        if not clean or "Traceback" in err:
+            failures.append({"command": " ".join(argv[:1] + argv[2:]), "code": code, "stderr": err[-1500:]})
+    try:
+        infos, _ = list_runs(work)
+        (info,) = [i for i in infos if i.path == run]
+        if not config_usable and not (info.status == "broken" and "config.json" in info.problem):
+            failures.append({"command": "history", "code": None, "stderr": f"listed as {info}"})
+        if target == "metrics.jsonl":
+            for line in content.decode("utf-8", errors="replace").splitlines():
+                try:
+                    data = json.loads(line)
+                except (ValueError, RecursionError):
+                    continue  # the app skips such a line the same way
+                event_from_json(data)
+    except Exception as error:  # reported, never hidden
+        failures.append({"command": "history", "code": None, "stderr": f"{type(error).__name__}: {error}"})
+    return {"target": target, "commands": len(commands), "failures": failures}
+
+
+def damaged_run_trials(count: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        base = finished_tiny_run(root / "base")
+        results = []
+        for trial in range(count):
+            target = RUN_FILES[trial % len(RUN_FILES)]
+            content = damaged_content((base / target).read_bytes(), target, rng)
+            result = damaged_run_case(base, root / f"case{trial}", target, content)
+            results.append(result)
+            shutil.rmtree(root / f"case{trial}", ignore_errors=True)
+            if result["failures"]:
+                print(f"  damaged {target}: {result['failures']}", file=sys.stderr)
+    return {"cases": count, "commands": sum(r["commands"] for r in results),
+            "clean_cases": sum(not r["failures"] for r in results),
+            "by_file": {target: sum(r["target"] == target for r in results) for target in RUN_FILES}}
+
+
+# --- signals at awkward moments ------------------------------------------------------------------
+
+def cifartui_process(*args: str, **popen: object) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cifartui.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def run_events(runs: Path) -> list[dict]:
+    found = []
+    for metrics in runs.glob("*/metrics.jsonl"):
+        for line in metrics.read_text().splitlines():
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                pass  # a line being written
+    return found
+
+
+def _wait_until(condition, timeout: float) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def early_interrupt_trials(count: int, seed: int) -> dict:
+    """`train`, `inspect` and `predict` get SIGINT at a random moment of their first 4 s (PyTorch loading,
+    data, model, first steps): each must exit 130 without a traceback, and a run folder left behind must
+    hold a checkpoint."""
+    from PIL import Image
+
+    rng = random.Random(seed)
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        base = finished_tiny_run(root / "base")
+        Image.new("RGB", (40, 30), (10, 200, 30)).save(root / "photo.png")
+        for trial in range(count):
+            command = ("train", "inspect", "predict")[trial % 3]
+            runs = root / f"runs{trial}"
+            arguments = {"train": ["train", "demo-synthetic", "--device", "cpu", "--runs-dir", str(runs)],
+                         "inspect": ["inspect", str(base)], "predict": ["predict", str(base), str(root / "photo.png")]}
+            moment = rng.uniform(0.3, 4.0)
+            process = cifartui_process(*arguments[command])
+            time.sleep(moment)
+            process.send_signal(signal.SIGINT)
+            _out, err = process.communicate(timeout=300)
+            empty = [p.name for p in runs.glob("*") if not (p / "checkpoints" / "last.pt").is_file()]
+            results.append({"command": command, "moment": moment, "code": process.returncode,
+                            "traceback": "Traceback" in err or "Error" in err, "runs_without_checkpoint": empty})
+            print(f"  Ctrl-C trial {trial + 1}/{count}: {results[-1]}", file=sys.stderr)
+    return {"trials": count, "exit_130": sum(r["code"] == 130 for r in results),
+            "tracebacks": sum(r["traceback"] for r in results),
+            "runs_without_checkpoint": sum(bool(r["runs_without_checkpoint"]) for r in results)}
+
+
+SLOW_CHECKPOINT_PRESET = """
+[dataset]
+name = "synthetic"
+train_size = 64
+test_size = 16
+val_fraction = 0.25
+[model]
+name = "vgg11"
+[optimizer]
+name = "sgd"
+lr = 0.01
+momentum = 0.9
+[train]
+epochs = 1000
+batch_size = 16
+device = "cpu"
+checkpoint_minutes = 0.0
+"""
+
+
+def interrupted_checkpoint_trials(count: int) -> dict:
+    """A first SIGINT stops a run (VGG-11, a 75 MB checkpoint), a second one lands while that checkpoint is
+    written: exit 130, no "run failed", the previous checkpoint loads, no temporary file is left."""
+    from cifartui.engine.checkpoint import CheckpointError
+
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        preset = root / "slow-checkpoint.toml"
+        preset.write_text(SLOW_CHECKPOINT_PRESET)
+        for trial in range(count):
+            runs = root / f"runs{trial}"
+            process = cifartui_process("train", str(preset), "--runs-dir", str(runs))
+            _wait_until(lambda: any(e["event"] == "CheckpointSaved" for e in run_events(runs)), 300)
+            (run,) = runs.iterdir()
+            process.send_signal(signal.SIGINT)
+            mid_write = _wait_until(lambda: bool(list((run / "checkpoints").glob(".*.tmp"))), 120)
+            process.send_signal(signal.SIGINT)
+            _out, err = process.communicate(timeout=300)
+            try:
+                _load(run / "checkpoints" / "last.pt")
+                loads = True
+            except CheckpointError:
+                loads = False
+            results.append({"mid_write": mid_write, "code": process.returncode, "loads": loads,
+                            "failed_message": "the run failed" in err or "Traceback" in err,
+                            "temporary_left": bool(list((run / "checkpoints").glob(".*.tmp"))),
+                            "status": json.loads((run / "status.json").read_text())["status"]})
+            print(f"  second Ctrl-C trial {trial + 1}/{count}: {results[-1]}", file=sys.stderr)
+    return {"trials": count, "second_signal_mid_write": sum(r["mid_write"] for r in results),
+            "exit_130": sum(r["code"] == 130 for r in results), "last_checkpoint_loads": sum(r["loads"] for r in results),
+            "failed_messages": sum(r["failed_message"] for r in results),
+            "temporary_files_left": sum(r["temporary_left"] for r in results),
+            "status_counts": ", ".join(f"{status} {sum(r['status'] == status for r in results)}"
+                                       for status in sorted({r["status"] for r in results}))}
+
+
 def _rss_mib() -> float:
     with open("/proc/self/statm") as handle:
         pages = int(handle.read().split()[1])
@@ -227,6 +523,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kill-trials", type=int, default=100)
     parser.add_argument("--soak-minutes", type=float, default=10.0)
+    parser.add_argument("--early-interrupt-trials", type=int, default=30)
+    parser.add_argument("--checkpoint-interrupt-trials", type=int, default=10)
+    parser.add_argument("--damaged-run-cases", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -234,6 +533,12 @@ def main() -> None:
                          f"torch {torch.__version__}"}
     if args.kill_trials:
         report["kill"] = kill_trials(args.kill_trials, args.seed)
+    if args.early_interrupt_trials:
+        report["early_interrupt"] = early_interrupt_trials(args.early_interrupt_trials, args.seed)
+    if args.checkpoint_interrupt_trials:
+        report["checkpoint_interrupt"] = interrupted_checkpoint_trials(args.checkpoint_interrupt_trials)
+    if args.damaged_run_cases:
+        report["damaged_runs"] = damaged_run_trials(args.damaged_run_cases, args.seed)
     if args.soak_minutes:
         report["soak"] = soak(args.soak_minutes)
     if args.json:
@@ -247,6 +552,26 @@ def main() -> None:
         print(f"| {k['trials']} | {k['killed_mid_checkpoint_write']} | {k['killed_before_first_checkpoint']} | "
               f"{k['last_checkpoint_loaded']}/{k['with_checkpoint']} | "
               f"{k['resumed_bit_identical']}/{k['with_checkpoint']} |\n")
+    if "early_interrupt" in report:
+        e = report["early_interrupt"]
+        print("| Ctrl-C in the first 4 s (train, inspect, predict) | exit 130 | tracebacks | run folders without a "
+              "checkpoint |")
+        print("| --- | --- | --- | --- |")
+        print(f"| {e['trials']} | {e['exit_130']}/{e['trials']} | {e['tracebacks']} | {e['runs_without_checkpoint']} |\n")
+    if "checkpoint_interrupt" in report:
+        c = report["checkpoint_interrupt"]
+        print("| second Ctrl-C while the stop checkpoint is written | sent while its temporary file existed | exit 130 "
+              "| last checkpoint loads | \"run failed\" | temporary files left | status after |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print(f"| {c['trials']} | {c['second_signal_mid_write']} | {c['exit_130']}/{c['trials']} | "
+              f"{c['last_checkpoint_loads']}/{c['trials']} | {c['failed_messages']} | {c['temporary_files_left']} | "
+              f"{c['status_counts']} |\n")
+    if "damaged_runs" in report:
+        d = report["damaged_runs"]
+        print("| damaged run-folder files (config, status, metrics, last.pt, best.pt) | commands run | cases with exit 0 "
+              "or 2 naming the file, no traceback |")
+        print("| --- | --- | --- |")
+        print(f"| {d['cases']} | {d['commands']} | {d['clean_cases']}/{d['cases']} |\n")
     if "soak" in report:
         s = report["soak"]
         print("| soak | samples | every run advanced | key latency median / p95 / max (over 200 ms) "

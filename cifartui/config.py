@@ -53,8 +53,9 @@ class DatasetConfig:
         0.1, "Fraction of the training set held out for validation (seeded split).",
         low=0.0, high=0.9)
     classes: int = setting(10, "synthetic only: number of classes.", low=2, high=100)
-    train_size: int = setting(10000, "synthetic only: number of training images.", low=10)
-    test_size: int = setting(2000, "synthetic only: number of test images.", low=10)
+    # Generated in memory as float32 first: twice CIFAR's sizes is plenty and fits.
+    train_size: int = setting(10000, "synthetic only: number of training images.", low=10, high=100_000)
+    test_size: int = setting(2000, "synthetic only: number of test images.", low=10, high=50_000)
     data_seed: int = setting(0, "synthetic only: seed of the generated images.", low=0)
 
     @property
@@ -181,7 +182,8 @@ class TrainConfig:
     max_steps: int = setting(0, "Stop after this many iterations (0 = no limit).", low=0)
     batch_size: int = setting(128, "Training batch size.", low=1, high=65536)
     eval_batch_size: int = setting(1000, "Batch size for validation and test.", low=1, high=65536)
-    seed: int = setting(0, "Seed for weights, data order, augmentation and dropout.", low=0)
+    seed: int = setting(0, "Seed for weights, data order, augmentation and dropout.",
+                        low=0, high=2**32 - 1)  # NumPy's global seed takes no more
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
     label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy loss.",
                                      low=0.0, high=1.0, high_open=True)

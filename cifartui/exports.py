@@ -18,8 +18,8 @@ def _series(events: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
     """Scalar series by TensorBoard tag, from the events of metrics.jsonl."""
     series: dict[str, list[tuple[int, float]]] = {}
 
-    def add(tag: str, step: int, value: Any) -> None:
-        if isinstance(value, (int, float)) and value == value:  # NaN stays out of the plots
+    def add(tag: str, step: Any, value: Any) -> None:
+        if _finite(value) and _finite(step):  # NaN stays out of the plots
             series.setdefault(tag, []).append((int(step), float(value)))
 
     for event in events:
@@ -36,7 +36,8 @@ def _series(events: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
             add("epoch/val_top1", step, event.get("val_top1"))
             add("epoch/val_top5", step, event.get("val_top5"))
         elif kind == "DropoutChanged":
-            rates = list((event.get("new") or {}).values())
+            new = event.get("new")
+            rates = [rate for rate in new.values() if _finite(rate)] if isinstance(new, dict) else []
             if rates:
                 add("dropout/mean_rate", step, sum(rates) / len(rates))
         elif kind == "RunFinished":
@@ -44,6 +45,11 @@ def _series(events: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
             add("test/top5", event.get("steps", step), event.get("test_top5"))
             add("test/loss", event.get("steps", step), event.get("test_loss"))
     return series
+
+
+def _finite(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+            and abs(value) != float("inf"))
 
 
 def export_tensorboard(events: list[dict[str, Any]], folder: Path) -> Path:
@@ -95,8 +101,10 @@ def export_png(events: list[dict[str, Any]], path: Path, title: str = "") -> Pat
         figure.suptitle(title)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        figure.savefig(path, dpi=110, format="png")  # exactly `path`: matplotlib adds no extension then
+    finally:
+        plt.close(figure)
     return path
 
 

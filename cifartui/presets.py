@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import typing
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -100,13 +101,24 @@ def _part_table(part: str, table: Any, source: str) -> dict[str, Any]:
     base = read_toml(base_path)
     if "preset" in base:
         raise ConfigError(str(base_path), "preset", "part presets cannot start from another preset")
+    _check_part(part, base, str(base_path))
     return {**base, **table}
 
 
+def _check_part(part: str, table: Mapping[str, Any], source: str) -> None:
+    """A part preset's own keys and values, so that its mistakes name its own file, not the recipe's."""
+    from_mapping(_PART_TYPES[part], table, source, prefix=part)
+
+
+_PART_TYPES = {part: typing.get_type_hints(RunConfig)[part] for part in PARTS}
+
+
 def load_part(part: str, name: str) -> dict[str, Any]:
-    """A part preset as plain data (validated when composed into a recipe)."""
+    """A part preset as plain data, its keys and values checked against the part."""
     path = _find(name, part)
-    return _part_table(part, read_toml(path), str(path))
+    table = _part_table(part, read_toml(path), str(path))
+    _check_part(part, table, str(path))
+    return table
 
 
 def load(name_or_path: str) -> RunConfig:
@@ -176,11 +188,13 @@ def compose(config: RunConfig, *, dataset: str | None = None, model: str | None 
         plain[part] = new
     source = "command line"
     config = from_mapping(RunConfig, plain, source)
+    set_keys = set()
     for item in sets:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError("--set", item, "expected part.key=value, for example optimizer.lr=0.1")
         config = replace_path(config, key.strip(), _parse_value(text.strip()))
+        set_keys.add(key.strip())
     train = config.train
     overrides = {"epochs": epochs, "seed": seed, "device": device, "batch_size": batch_size}
     for key, value in overrides.items():
@@ -188,7 +202,8 @@ def compose(config: RunConfig, *, dataset: str | None = None, model: str | None 
             config = replace_path(config, f"train.{key}", value, f"--{key.replace('_', '-')}")
     if lr is not None:
         config = replace_path(config, "optimizer.lr", lr, "--lr")
-    if epochs is not None and train.max_steps:
-        # An explicit epoch count wins over the recipe's iteration budget.
+    if epochs is not None and train.max_steps and "train.max_steps" not in set_keys:
+        # An explicit epoch count wins over the recipe's iteration budget; an explicit
+        # --set train.max_steps is kept beside it, and the run ends at whichever comes first.
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, max_steps=0))
     return validate(config, source)

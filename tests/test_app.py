@@ -186,6 +186,7 @@ def test_sigterm_checkpoints_every_run_and_next_start_offers_resume(tmp_path: Pa
             await wait_for(pilot, lambda: all(_panel(app, h).step > 2 for h in handles), timeout=60)
             shown = {h.run_id: _panel(app, h).step for h in handles}
             app.handle_terminate_signal("SIGTERM")  # what the installed handler calls
+            assert app.return_code == 143  # as headless: 128 + SIGTERM
             assert all(h.done.is_set() for h in handles)
             for h in handles:
                 step = load_checkpoint(h.run_dir / "checkpoints" / "last.pt")["progress"]["step"]
@@ -207,12 +208,12 @@ def test_sigterm_checkpoints_every_run_and_next_start_offers_resume(tmp_path: Pa
     import cifartui.ui.app as app_module
     exits: list[float] = []
     original = app_module._exit_soon
-    app_module._exit_soon = lambda seconds: exits.append(seconds)  # the watchdog must not end pytest
+    app_module._exit_soon = lambda seconds, code: exits.append((seconds, code))  # it must not end pytest
     try:
         run(first_session())
     finally:
         app_module._exit_soon = original
-    assert exits == [5.0]
+    assert exits == [(5.0, 143)]  # the watchdog, if it ever fires, exits as SIGTERM's code
     run(second_session())
 
 

@@ -1,10 +1,13 @@
 """Checkpoints: atomic writes, and weights-only loading that refuses anything that could run code."""
 
 import errno
+import random
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cifartui.engine import checkpoint as ckpt
 from cifartui.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
@@ -84,9 +87,50 @@ def test_damaged_or_foreign_checkpoints_get_a_clear_error(tmp_path: Path, damage
     assert str(path) in str(caught.value)
 
 
-def test_rng_states_round_trip() -> None:
-    import random
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_damaged_bytes_are_called_corrupted_not_dangerous(tmp_path: Path, data: st.DataObject) -> None:
+    """Random or damaged bytes are a broken file, not objects "which could run code"."""
+    path = tmp_path / "last.pt"
+    save_checkpoint(_state(1.0), path)
+    original = path.read_bytes()
+    how = data.draw(st.sampled_from(["random", "random after a pickle header", "truncated"]))
+    if how == "random":
+        damaged = data.draw(st.binary(min_size=1, max_size=3000))
+    elif how == "random after a pickle header":
+        damaged = b"\x80" + bytes([data.draw(st.integers(2, 5))]) + data.draw(st.binary(min_size=1, max_size=3000))
+    else:
+        damaged = original[:data.draw(st.integers(1, len(original) - 1))]
+    path.write_bytes(damaged)
+    try:
+        load_checkpoint(path)
+    except CheckpointError as error:
+        message = str(error)
+        assert message.startswith(f"{path}: ")
+        if "refused" in message:  # only when the bytes really are a pickle asking for objects
+            assert pickle_parses(damaged), message
+        else:
+            assert "corrupted" in message or "not a cifartui checkpoint" in message, message
 
+
+def pickle_parses(raw: bytes) -> bool:
+    import pickletools
+
+    try:
+        return any(op.name == "STOP" for op, _, _ in pickletools.genops(raw))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def test_random_bytes_are_reported_as_corrupted(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    path.write_bytes(bytes(random.Random(0).randrange(256) for _ in range(5000)))
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    assert "corrupted" in str(caught.value) and "could run code" not in str(caught.value)
+
+
+def test_rng_states_round_trip() -> None:
     import numpy as np
     state = ckpt.capture_rng()
     expected = (random.random(), np.random.rand(), torch.rand(1).item())

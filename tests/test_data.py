@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cifartui.cli import main
 from cifartui.config import DatasetConfig
@@ -75,6 +77,60 @@ def test_damaged_folder_errors_name_the_file(tmp_path: Path, damage: str, fragme
         load_cifar("cifar10", tmp_path, download=False)
     assert str(target) in str(caught.value) and fragment in str(caught.value)
     assert not (tmp_path / "pwned").exists()
+
+
+FRAME_OVERFLOW = b"\x80\x04\x95" + (2**63 + 5).to_bytes(8, "little") + b"}."
+UNKNOWN_CODEC = (b"\x80\x02c_codecs\nencode\nq\x00X\x01\x00\x00\x00xX\x0b\x00\x00\x00nonexistent"
+                 b"q\x01\x86q\x02Rq\x03.")
+
+
+@pytest.mark.parametrize("damage", ["frame overflow", "unknown codec", "non-UTF-8 label names", "huge label"])
+def test_every_way_a_batch_file_fails_is_a_data_error_naming_it(tmp_path: Path, damage: str,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    folder = make_cifar_folder(tmp_path / "data", "cifar10", per_file=20)
+    target = folder / ("batches.meta" if "names" in damage else "data_batch_2")
+    if damage == "frame overflow":
+        target.write_bytes(FRAME_OVERFLOW)
+    elif damage == "unknown codec":
+        target.write_bytes(UNKNOWN_CODEC)
+    elif damage == "non-UTF-8 label names":
+        target.write_bytes(pickle.dumps({b"label_names": [b"\xff\xfe cat"] * 10}, protocol=2))
+    else:
+        target.write_bytes(pickle.dumps({b"data": np.zeros((20, 3072), np.uint8), b"labels": [2**70] * 20}))
+    with pytest.raises(DataError) as caught:
+        load_cifar("cifar10", tmp_path / "data", download=False)
+    assert str(caught.value).startswith(f"{target}: ")
+    # The command line: one message naming the file, exit 2, and no run folder left behind.
+    runs = tmp_path / "runs"
+    assert main(["train", "cnn3-cifar10", "--data-dir", str(tmp_path / "data"), "--runs-dir", str(runs),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert str(target) in err
+    assert "Traceback" not in err and not list(runs.iterdir())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_fuzzed_batch_bytes_give_only_data_errors(tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+    root = tmp_path_factory.mktemp("fuzzed-batch")
+    folder = make_cifar_folder(root, "cifar10", per_file=4)
+    target = folder / data.draw(st.sampled_from(["data_batch_1", "test_batch", "batches.meta"]))
+    original = target.read_bytes()
+    how = data.draw(st.sampled_from(["truncate", "flip", "random"]))
+    if how == "truncate":
+        damaged = original[:data.draw(st.integers(0, len(original) - 1))]
+    elif how == "flip":
+        damaged = bytearray(original)
+        for position in data.draw(st.lists(st.integers(0, len(original) - 1), min_size=1, max_size=8)):
+            damaged[position] = data.draw(st.integers(0, 255))
+        damaged = bytes(damaged)
+    else:
+        damaged = data.draw(st.binary(max_size=400))
+    target.write_bytes(damaged)
+    try:
+        load_cifar("cifar10", root, download=False)
+    except DataError as error:
+        assert str(error).startswith(f"{target}: ")
 
 
 @pytest.fixture

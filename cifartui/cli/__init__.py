@@ -12,17 +12,19 @@ after writing a checkpoint.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Sequence
 
-from rich.console import Console
-from rich.markup import escape
+from cifartui.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, user_errors
 
-from cifartui.cli.common import EXIT_USAGE, user_errors
-from cifartui.cli import control, listing, results, sweep, training
+# Everything else is imported inside main(), where a Ctrl-C is caught: the time before
+# main() runs is the only time an early Ctrl-C still ends in a traceback.
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cifartui.cli import control, listing, results, sweep, training
+
     parser = argparse.ArgumentParser(
         prog="cifartui", description="Train CNNs on CIFAR-10/100: presets that reproduce published experiments. "
         "With no command, opens the interactive app.")
@@ -40,15 +42,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    console = Console(stderr=False)
-    errors = Console(stderr=True)
     try:
-        return args.handler(args, console)
-    except user_errors() as error:
-        errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, markup=True, soft_wrap=True)
-        return EXIT_USAGE
+        from rich.console import Console
+        from rich.markup import escape
+
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        console = Console(stderr=False)
+        errors = Console(stderr=True)
+        try:
+            return args.handler(args, console)
+        except user_errors() as error:
+            errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, markup=True, soft_wrap=True)
+            return EXIT_USAGE
+    except KeyboardInterrupt:
+        # Ctrl-C before a command could set up its own handling (while PyTorch loads, for
+        # instance) or in a command that has none: nothing was being saved, so just leave.
+        sys.stderr.write("Interrupted.\n")
+        _forget_unhandled_interrupt()
+        return EXIT_INTERRUPTED
+
+
+def _forget_unhandled_interrupt() -> None:
+    """Let the interpreter exit with our code after a Ctrl-C that was handled.
+
+    When a KeyboardInterrupt passes through code that an extension runs with
+    PyRun_String (PyTorch's import does), CPython notes it as unhandled and, at exit,
+    kills the process with SIGINT instead of returning 130, however the interrupt was
+    caught later. Every PyRun_String call starts by clearing that note, so an empty one
+    clears it.
+    """
+    try:
+        import ctypes
+
+        ctypes.pythonapi.PyRun_SimpleString(b"")
+    except (ImportError, AttributeError, OSError):  # not CPython: nothing noted, nothing to clear
+        pass
 
 
 __all__ = ["main", "build_parser"]

@@ -2,27 +2,135 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
+import tempfile
+from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PAUSED_HEADLESS = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 if hasattr(signal, "SIGHUP"):
     SIGNAL_EXIT[signal.SIGHUP] = 129
 
+# Exceptions that mean a mistake in the input, by the module that defines them.
+USER_ERRORS = {
+    "cifartui.config": ("ConfigError",),
+    "cifartui.engine.checkpoint": ("CheckpointError",),
+    "cifartui.engine.data": ("DataError",),
+    "cifartui.engine.inspect": ("InspectError",),
+    "cifartui.engine.models": ("ModelError",),
+    "cifartui.engine.runs": ("RunDirError",),
+    "cifartui.engine.trainer": ("DeviceError", "ResumeRefused"),
+    "cifartui.ui.graphics": ("GraphicsError",),
+    "cifartui.cli.common": ("OutputPathError",),
+}
+
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean a mistake in the input: one message, exit 2, no traceback."""
-    from cifartui.config import ConfigError
-    from cifartui.engine.checkpoint import CheckpointError
-    from cifartui.engine.data import DataError
-    from cifartui.engine.inspect import InspectError
-    from cifartui.engine.models import ModelError
-    from cifartui.engine.runs import RunDirError
-    from cifartui.engine.trainer import DeviceError, ResumeRefused
-    from cifartui.ui.graphics import GraphicsError
-    return (ConfigError, DataError, ModelError, DeviceError, CheckpointError, RunDirError, ResumeRefused,
-            InspectError, GraphicsError)
+    """Exceptions that mean a mistake in the input: one message, exit 2, no traceback.
+
+    Only modules already imported are asked: an exception cannot come from a module
+    that never ran. Importing here would be wrong, because this is evaluated in an
+    `except` clause, also while a KeyboardInterrupt propagates out of a half-finished
+    `import torch`; importing torch again then crashes the interpreter.
+    """
+    found: list[type[BaseException]] = []
+    for module_name, names in USER_ERRORS.items():
+        module = sys.modules.get(module_name)
+        for name in names:
+            kind = getattr(module, name, None)
+            if isinstance(kind, type) and issubclass(kind, BaseException):
+                found.append(kind)
+    return tuple(found)
 
 
 def pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}%"
+
+
+class OutputPathError(ValueError):
+    """A file or folder the command would write cannot be written; the message names it."""
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
+def path_kind(path: Path) -> str:
+    """"folder", "file", "missing", or why the path cannot even be looked at."""
+    try:
+        return "folder" if path.is_dir() else "file" if path.exists() else "missing"
+    except OSError as error:  # a name too long, a loop of links, ...
+        return _reason(error)
+
+
+def _folder_problem(path: Path) -> str:
+    """Why files cannot be written in folder `path` (created when missing), or "" when they can.
+
+    Found out by writing: permissions, read-only mounts and pseudo file systems all
+    answer the same way then, also for root.
+    """
+    kind = path_kind(path)
+    if kind == "file":
+        return f"{path} is a file, not a folder"
+    if kind not in ("folder", "missing"):
+        return kind
+    if kind == "missing":
+        for parent in path.parents:
+            parent_kind = path_kind(parent)
+            if parent_kind == "file":
+                return f"{parent} is a file, not a folder"
+            if parent_kind == "folder":
+                break
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            return f"cannot create it: {_reason(error)}"
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".cifartui-write-test-", dir=path)
+    except OSError as error:
+        return f"cannot write into it: {_reason(error)}"
+    os.close(descriptor)
+    os.unlink(probe)
+    return ""
+
+
+def check_output_dir(path: Path, what: str) -> Path:
+    """`path` as a folder the command can write into, created if missing; else OutputPathError."""
+    path = Path(path)
+    problem = _folder_problem(path)
+    if problem:
+        raise OutputPathError(f"{path}: unusable as {what}: {problem}")
+    return path
+
+
+def check_output_file(path: Path, what: str) -> Path:
+    """`path` as a file the command can write (its folder created if missing); else OutputPathError."""
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise OutputPathError(f"{path}: {what} needs a file name")
+    if len(os.fsencode(path.name)) > 255:
+        raise OutputPathError(f"{str(path)[:60]}...: unusable as {what}: the file name is longer than 255 bytes")
+    kind = path_kind(path)
+    if kind == "folder":
+        raise OutputPathError(f"{path}: unusable as {what}: it is a folder; expected a file name")
+    if kind not in ("file", "missing"):
+        raise OutputPathError(f"{path}: unusable as {what}: {kind}")
+    problem = _folder_problem(path.parent)
+    if problem:
+        raise OutputPathError(f"{path}: unusable as {what}: its folder {path.parent}: {problem}"
+                              if not problem.startswith(str(path.parent)) else
+                              f"{path}: unusable as {what}: {problem}")
+    if kind == "file" and not os.access(path, os.W_OK):
+        raise OutputPathError(f"{path}: unusable as {what}: the file exists and is not writable")
+    return path
+
+
+def write_output(path: Path, text: str, what: str) -> None:
+    """Write a finished result; a failure (a disk that filled meanwhile) is an OutputPathError."""
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise OutputPathError(f"{path}: cannot write {what}: {_reason(error)}") from None

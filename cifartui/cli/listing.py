@@ -16,7 +16,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from cifartui import presets
-from cifartui.cli.common import EXIT_OK, EXIT_USAGE, pct as _pct
+from cifartui.cli.common import (EXIT_OK, EXIT_USAGE, OutputPathError, check_output_dir, check_output_file,
+                                 pct as _pct, write_output)
 from cifartui.config import ConfigError, RunConfig, field_docs
 
 
@@ -44,7 +45,7 @@ def cmd_presets(args: argparse.Namespace, console: Console) -> int:
         for column in ("key", "type", "default", "meaning"):
             table.add_column(column, overflow="fold")
         for key, kind, doc, default in field_docs(RunConfig):
-            table.add_row(key, kind, json.dumps(default), doc)
+            table.add_row(key, escape(kind), escape(json.dumps(default)), escape(doc))
         console.print(table)
         return EXIT_OK
     if args.name:
@@ -64,14 +65,15 @@ def cmd_presets(args: argparse.Namespace, console: Console) -> int:
         ref = " / ".join(part for part in (f"top-1 {reference.top1:g}%" if reference.top1 else "",
                                            f"top-5 {reference.top5:g}%" if reference.top5 else "") if part)
         steps = f"{config.train.max_steps} it" if config.train.max_steps else str(config.train.epochs)
-        table.add_row(name + ("" if entry.builtin else " (user)"), config.dataset.name, config.model.name,
-                      config.optimizer.name, config.optimizer.schedule.name, steps, ref or "-")
+        table.add_row(escape(name) + ("" if entry.builtin else " (user)"), config.dataset.name,
+                      escape(config.model.name), config.optimizer.name, config.optimizer.schedule.name, steps,
+                      ref or "-")
     console.print(table)
     for part in ("dataset", "model", "optimizer", "augment"):
         names = ", ".join(presets.available(part)) or "-"
-        console.print(f"[bold]{part} parts:[/] {names}", highlight=False, soft_wrap=True)
+        console.print(f"[bold]{part} parts:[/] {escape(names)}", highlight=False, soft_wrap=True)
     for problem in problems:
-        Console(stderr=True).print(f"[yellow]skipped:[/] {problem}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"[yellow]skipped:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     return EXIT_OK
 
 
@@ -79,7 +81,7 @@ def _show_preset(name: str, console: Console) -> int:
     from cifartui.engine.models import build_model, summarize
 
     config = presets.load(name)
-    console.print(f"[bold]{config.name}[/]: {config.description}", highlight=False, soft_wrap=True)
+    console.print(f"[bold]{escape(config.name)}[/]: {escape(config.description)}", highlight=False, soft_wrap=True)
     table = Table(show_header=True, title="Resolved configuration")
     table.add_column("key")
     table.add_column("value", overflow="fold")
@@ -89,15 +91,15 @@ def _show_preset(name: str, console: Console) -> int:
             for key, child in value.items():
                 flatten(f"{prefix}.{key}" if prefix else key, child)
         else:
-            table.add_row(prefix, json.dumps(value))
+            table.add_row(prefix, escape(json.dumps(value)))
     flatten("", config.to_dict())
     console.print(table)
     summary = summarize(build_model(config.model, config.dataset.num_classes), config.model.name)
-    layers = Table(title=f"Model {summary.name}: {summary.total_parameters:,} parameters")
+    layers = Table(title=f"Model {escape(summary.name)}: {summary.total_parameters:,} parameters")
     for column in ("layer", "kind", "output shape", "parameters"):
         layers.add_column(column, justify="right" if column == "parameters" else "left")
     for row in summary.layers:
-        layers.add_row(row.name, row.kind, "x".join(map(str, row.output_shape)), f"{row.parameters:,}")
+        layers.add_row(escape(row.name), escape(row.kind), "x".join(map(str, row.output_shape)), f"{row.parameters:,}")
     console.print(layers)
     return EXIT_OK
 
@@ -108,48 +110,56 @@ def cmd_runs(args: argparse.Namespace, console: Console) -> int:
     runs_dir = args.runs_dir or default_runs_dir()
     infos, problems = list_runs(runs_dir)
     if not infos and not problems:
-        console.print(f"No runs in {runs_dir}. Start one with: cifartui train demo-synthetic", highlight=False, soft_wrap=True)
+        console.print(f"No runs in {runs_dir}. Start one with: cifartui train demo-synthetic", highlight=False,
+                      soft_wrap=True, markup=False)
         return EXIT_OK
-    table = Table(title=f"Runs in {runs_dir}", box=box.SIMPLE_HEAD)
+    table = Table(title=f"Runs in {escape(str(runs_dir))}", box=box.SIMPLE_HEAD)
     # The run directory's name already holds the UTC start time and the preset.
     table.add_column("run", no_wrap=True)
     for column in ("status", "epochs", "best val", "test"):
         table.add_column(column, no_wrap=True, justify="left" if column == "status" else "right")
     for info in infos:
-        table.add_row(info.path.name, info.status, f"{info.epochs_done}/{info.epochs_total}",
+        table.add_row(escape(info.path.name), escape(info.status), f"{info.epochs_done}/{info.epochs_total}",
                       _pct(info.best_val_top1), _pct(info.test_top1))
     console.print(table)
     for problem in problems:
-        Console(stderr=True).print(f"[yellow]unreadable run:[/] {problem}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"[yellow]unreadable run:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
-    from cifartui.engine.runs import read_config, read_metrics
+    from cifartui.engine.runs import RunDirError, read_config, read_metrics
 
     config = read_config(args.run_dir)  # a clear error when this is not a run directory
+    output = _export_output(args)
     events = read_metrics(args.run_dir)
+    metrics = args.run_dir / "metrics.jsonl"
+    rows = [e for e in events if e["event"] in ("StepMetrics", "EpochEnded", "RunFinished")]
+    if not metrics.is_file():
+        raise RunDirError(f"{metrics}: missing, so there is nothing to export (the run has no metrics yet)")
+    if not (events if args.format == "json" else rows):
+        raise RunDirError(f"{metrics}: no metrics to export yet (the run has not logged a training step)")
     if args.format in ("tensorboard", "png"):
         from cifartui.exports import ExportUnavailable, export_png, export_tensorboard
 
         try:
             if args.format == "tensorboard":
-                written = export_tensorboard(events, args.output or args.run_dir / "tensorboard")
+                written = export_tensorboard(events, output)
                 console.print(f"Wrote TensorBoard event files to {written}; view them with: "
-                              f"tensorboard --logdir {written}", highlight=False, soft_wrap=True)
+                              f"tensorboard --logdir {written}", highlight=False, soft_wrap=True, markup=False)
             else:
-                written = export_png(events, args.output or args.run_dir / "metrics.png",
-                                     title=f"{config.name}: {args.run_dir.name}")
-                console.print(f"Wrote {written}", highlight=False, soft_wrap=True)
+                written = export_png(events, output, title=f"{config.name}: {args.run_dir.name}")
+                console.print(f"Wrote {written}", highlight=False, soft_wrap=True, markup=False)
         except ExportUnavailable as error:
             Console(stderr=True).print(f"[bold red]error:[/] {escape(str(error))}", highlight=False,
                                        soft_wrap=True)
             return EXIT_USAGE
+        except OSError as error:  # the disk filled or the folder went away meanwhile
+            raise OutputPathError(f"{output}: cannot write the export: {error.strerror or error}") from None
         return EXIT_OK
     if args.format == "json":
         text = json.dumps(events, indent=2) + "\n"
     else:
-        rows = [e for e in events if e["event"] in ("StepMetrics", "EpochEnded", "RunFinished")]
         columns: list[str] = []
         for row in rows:
             columns += [key for key, value in row.items()
@@ -159,9 +169,25 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
         writer.writeheader()
         writer.writerows(rows)
         text = buffer.getvalue()
-    if args.output:
-        args.output.write_text(text, encoding="utf-8")
-        console.print(f"Wrote {args.output}", highlight=False, soft_wrap=True)
+    if output is not None:
+        write_output(output, text, f"the {args.format.upper()} export")
+        console.print(f"Wrote {output}", highlight=False, soft_wrap=True, markup=False)
     else:
         sys.stdout.write(text)
     return EXIT_OK
+
+
+def _export_output(args: argparse.Namespace) -> Path | None:
+    """Where the export goes, checked before anything is computed; None for standard output."""
+    output = args.output
+    if args.format == "tensorboard":
+        return check_output_dir(output or args.run_dir / "tensorboard", "the TensorBoard folder")
+    if args.format == "png":
+        output = output or args.run_dir / "metrics.png"
+        if not output.suffix and not output.is_dir():
+            output = output.with_name(output.name + ".png")  # the name that will be written, and said
+        elif output.suffix.lower() != ".png" and not output.is_dir():
+            raise OutputPathError(f"{output}: --format png writes a PNG image; give a file name ending in "
+                                  ".png (or none, and .png is added)")
+        return check_output_file(output, "the plot")
+    return check_output_file(output, f"the {args.format.upper()} export") if output is not None else None

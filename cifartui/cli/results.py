@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cifartui.cli.common import EXIT_OK, pct as _pct
@@ -45,7 +46,7 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
         return EXIT_OK
     images = int(result.confusion.sum())
-    console.print(f"[bold]{args.run_dir}[/]: checkpoint {result.checkpoint}.pt (step {result.step:,}), "
+    console.print(f"[bold]{escape(str(args.run_dir))}[/]: checkpoint {result.checkpoint}.pt (step {result.step:,}), "
                   f"{images:,} test images: top-1 [bold]{result.top1:.2f}%[/], top-5 {result.top5:.2f}%",
                   highlight=False, soft_wrap=True)
     per_class = result.per_class_accuracy
@@ -58,11 +59,11 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     table.add_column("most often taken for")
     for c in sorted(range(len(per_class)), key=lambda c: (np.nan_to_num(per_class[c], nan=101.0), c)):
         confused = result.taken_for(c)
-        cells = [result.class_names[c]]
+        cells = [escape(result.class_names[c])]
         if result.superclass_of:
-            cells.append(result.superclass_names[result.superclass_of[c]])
+            cells.append(escape(result.superclass_names[result.superclass_of[c]]))
         cells += [f"{int(result.confusion[c].sum())}", _pct(None if np.isnan(per_class[c]) else per_class[c]),
-                  confused]
+                  escape(confused)]
         table.add_row(*cells)
     console.print(table)
     supers = result.superclass_confusion()
@@ -73,15 +74,15 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
         table.add_column("top-1", justify="right")
         for i, name in enumerate(result.superclass_names):
             total = supers[i].sum()
-            table.add_row(name, _pct(100.0 * supers[i, i] / total if total else None))
+            table.add_row(escape(name), _pct(100.0 * supers[i, i] / total if total else None))
         console.print(table)
     if len(result.class_names) <= 20:
         matrix = Table(title="confusion matrix (rows: true class, columns: predicted)", box=box.SIMPLE_HEAD)
         matrix.add_column("")
         for name in result.class_names:
-            matrix.add_column(name[:5], justify="right")
+            matrix.add_column(escape(name[:5]), justify="right")
         for c, name in enumerate(result.class_names):
-            matrix.add_row(name, *[f"[bold]{n}[/]" if c == p else (str(n) if n else "[dim]0[/]")
+            matrix.add_row(escape(name), *[f"[bold]{n}[/]" if c == p else (str(n) if n else "[dim]0[/]")
                                    for p, n in enumerate(result.confusion[c].tolist())])
         console.print(matrix)
     else:
@@ -91,8 +92,10 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_predict(args: argparse.Namespace, console: Console) -> int:
-    from cifartui.engine.inspect import load_trained, predict_images
+    from cifartui.engine.inspect import load_trained, predict_images, read_image
 
+    for path in args.images:  # a file that is not an image is found before the model loads
+        read_image(path)
     loaded = load_trained(args.run_dir, checkpoint=args.checkpoint, data_dir=args.data_dir)
     results = predict_images(loaded, args.images)
     if args.json:
@@ -100,10 +103,10 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> int:
                                      for path, top in zip(args.images, results)]) + "\n")
         return EXIT_OK
     for path, top in zip(args.images, results):
-        table = Table(title=str(path), box=box.SIMPLE_HEAD, title_justify="left")
+        table = Table(title=escape(str(path)), box=box.SIMPLE_HEAD, title_justify="left")
         table.add_column("class")
         table.add_column("probability", justify="right")
         for name, probability in top:
-            table.add_row(name, f"{100 * probability:.1f}%")
+            table.add_row(escape(name), f"{100 * probability:.1f}%")
         console.print(table)
     return EXIT_OK

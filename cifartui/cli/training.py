@@ -17,8 +17,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from cifartui import presets
-from cifartui.cli.common import (EXIT_FAILED, EXIT_OK, EXIT_PAUSED_HEADLESS, SIGNAL_EXIT, pct as _pct,
-                                 user_errors as _user_errors)
+from cifartui.cli.common import (EXIT_FAILED, EXIT_OK, EXIT_PAUSED_HEADLESS, SIGNAL_EXIT, OutputPathError,
+                                 check_output_dir, check_output_file, path_kind, pct as _pct,
+                                 user_errors as _user_errors, write_output)
 from cifartui.config import RunConfig, replace_path
 
 
@@ -32,7 +33,8 @@ def preset_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("preset", help="preset name or path to a TOML file")
     sub.add_argument("--set", dest="sets", action="append", default=[], metavar="PART.KEY=VALUE",
                      help="override any setting, e.g. --set optimizer.lr=0.1 (repeatable)")
-    sub.add_argument("--epochs", type=int)
+    sub.add_argument("--epochs", type=int, help="epochs to train; drops the recipe's own max_steps, while a "
+                     "--set train.max_steps given too is kept (the run ends at whichever comes first)")
     sub.add_argument("--dataset", help="swap the dataset part (cifar10, cifar100, cifar100-coarse, synthetic)")
     sub.add_argument("--model", help="swap the model part for a model preset")
     sub.add_argument("--optimizer", help="swap the optimizer part (with its schedule)")
@@ -80,7 +82,15 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def cmd_app(args: argparse.Namespace, console: Console) -> int:
     """The interactive app; with `run PRESET`, that run starts training at once."""
+    from cifartui.engine.runs import default_runs_dir
+
+    runs_dir = args.runs_dir or default_runs_dir()
     initial = [_config_from_args(args)] if args.command == "run" else []
+    if initial:
+        check_output_dir(runs_dir, "the runs folder")
+    elif path_kind(runs_dir) not in ("folder", "missing"):  # the app lists it at once; training comes later
+        raise OutputPathError(f"{runs_dir}: unusable as the runs folder: "
+                              f"{'it is a file' if path_kind(runs_dir) == 'file' else path_kind(runs_dir)}")
     from cifartui.ui.graphics import ModeChoice  # textual loads only for the app
 
     images = ModeChoice(args.images)  # asks the terminal, so before the app owns it
@@ -88,7 +98,10 @@ def cmd_app(args: argparse.Namespace, console: Console) -> int:
 
     image_mode = images.result()
     app = make_app(runs_dir=args.runs_dir, data_dir=args.data_dir, initial=initial, image_mode=image_mode)
-    return app.run() or EXIT_OK
+    result = app.run()
+    if app.return_code:  # 1 when the app crashed (Textual has printed why), or a signal's code
+        return app.return_code
+    return result if isinstance(result, int) else EXIT_OK
 
 
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
@@ -97,9 +110,20 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 
     config = _config_from_args(args)
     distributed = from_environment()  # one process, or this process's place in a torchrun job
-    run_dir = new_run_dir(args.runs_dir or default_runs_dir(), config.name) if distributed.is_main else None
-    lock = RunLock(run_dir).acquire() if run_dir is not None else None
-    return _run(config, distributed.broadcast_path(run_dir), args, console, resume=False, lock=lock)
+    run_dir = None
+    if distributed.is_main:
+        # Where the results go is checked before any training, not found unwritable at its end.
+        runs_dir = check_output_dir(args.runs_dir or default_runs_dir(), "the runs folder")
+        if args.summary_json:
+            check_output_file(args.summary_json, "--summary-json")
+        run_dir = new_run_dir(runs_dir, config.name)
+    try:
+        lock = RunLock(run_dir).acquire() if run_dir is not None else None
+        return _run(config, distributed.broadcast_path(run_dir), args, console, resume=False, lock=lock)
+    except BaseException:
+        if run_dir is not None:
+            _discard_if_untrained(run_dir)
+        raise
 
 
 def cmd_resume(args: argparse.Namespace, console: Console) -> int:
@@ -112,6 +136,12 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
     # The run's lock before anything else: a second `resume` of the same run stops here.
     lock = RunLock(run_dir).acquire() if main_process else None
     try:
+        if main_process:
+            check_output_dir(run_dir, "the run folder")
+            if (run_dir / "checkpoints").is_dir():
+                check_output_dir(run_dir / "checkpoints", "the run's checkpoints folder")
+            if args.summary_json:
+                check_output_file(args.summary_json, "--summary-json")
         config = check_resumable(run_dir, extending=args.epochs is not None, lock=lock,
                                  locked_by_job=not main_process)
         if args.device is not None:  # this session's device only; the run's configuration keeps its own
@@ -124,6 +154,14 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
     # keeps what the run started with).
     changes = {"train.epochs": args.epochs, "train.max_steps": 0} if args.epochs is not None else {}
     return _run(config, run_dir, args, console, resume=True, lock=lock, resume_changes=changes)
+
+
+def _discard_if_untrained(run_dir: Path) -> bool:
+    """Remove a new run's folder when it holds no checkpoint (nothing trained yet); True if removed."""
+    if any((run_dir / "checkpoints").glob("*.pt")):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
 
 
 def _check_model(config: RunConfig) -> None:
@@ -146,16 +184,20 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
     control = RunControl()
     display = ProgressDisplay(console, control)
     trainer = Trainer(config, run_dir, data_dir=args.data_dir, listeners=[display], control=control,
-                      resume=resume, log=lambda text: console.print(text, highlight=False, soft_wrap=True),
-                      distributed=job, lock=lock, resume_changes=resume_changes, branch=branch)
+                      resume=resume, distributed=job, lock=lock, resume_changes=resume_changes, branch=branch,
+                      log=lambda text: console.print(text, highlight=False, soft_wrap=True, markup=False))
     if job.enabled:
         processes = f"{job.world_size} process" + ("es" if job.world_size != 1 else "")
         console.print(f"Data parallel: {processes} ({torch_backend()}), "
                       f"global batch {config.train.batch_size}", highlight=False)
     received: list[int] = []
+    left_at_once: list[int] = []
 
     def on_signal(number: int, _frame: Any) -> None:
+        if left_at_once:
+            return  # already leaving: let the cleanup finish and say what is left
         if received:  # a second signal: leave now; the last checkpoint on disk stays intact
+            left_at_once.append(number)
             raise KeyboardInterrupt
         received.append(number)
         control.stop(f"interrupted by {signal.Signals(number).name}")
@@ -163,25 +205,35 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for number in SIGNAL_EXIT:
+            # An ignored signal stays ignored: `nohup` (SIGHUP) and background jobs of a
+            # shell (SIGINT) ask for exactly that, and a run must outlive them.
+            if signal.getsignal(number) is signal.SIG_IGN:
+                continue
             previous[number] = signal.signal(number, on_signal)
     try:
         result = trainer.run()
     except _user_errors():
         display.close()
-        if job.is_main and not resume and not any((run_dir / "checkpoints").glob("*.pt")):
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained yet: leave no empty run behind
+        if job.is_main and not resume:
+            _discard_if_untrained(run_dir)  # nothing trained yet: leave no empty run behind
         raise
     except KeyboardInterrupt:
         display.close()
-        console.print(f"Interrupted. Resume from the last checkpoint with: cifartui resume {run_dir}",
-                      highlight=False, soft_wrap=True)
-        return SIGNAL_EXIT.get(received[0], 130) if received else 130
+        return _interrupted(run_dir, console, received, resume=resume, main=job.is_main)
     except Exception as error:
         display.close()
-        with (run_dir / "error.log").open("a", encoding="utf-8") as handle:
-            traceback.print_exc(file=handle)
-        Console(stderr=True).print(f"[bold red]error:[/] the run failed: {type(error).__name__}: {error}\n"
-                                   f"Traceback in {run_dir / 'error.log'}", highlight=False, soft_wrap=True)
+        if left_at_once or _caused_by_interrupt(error):
+            # The second signal landed inside a library call (a checkpoint being written),
+            # which turned it into an error of its own; the file on disk is the previous one.
+            return _interrupted(run_dir, console, received, resume=resume, main=job.is_main)
+        try:
+            with (run_dir / "error.log").open("a", encoding="utf-8") as handle:
+                traceback.print_exc(file=handle)
+            where = f"Traceback in {run_dir / 'error.log'}"
+        except OSError as log_error:
+            where = f"(its traceback could not be written to {run_dir / 'error.log'}: {log_error.strerror})"
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(_failure_message(error, config))}\n{escape(where)}",
+                                   highlight=False, soft_wrap=True)
         return EXIT_FAILED
     finally:
         for number, handler in previous.items():
@@ -191,13 +243,12 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
     if result.status == "finished":
         _print_summary(console, config, result.summary)
         if args.summary_json and job.is_main:
-            args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-            args.summary_json.write_text(json.dumps(result.summary, indent=2) + "\n", encoding="utf-8")
+            write_output(args.summary_json, json.dumps(result.summary, indent=2) + "\n", "--summary-json")
         return EXIT_OK
     how = f"cifartui resume {run_dir}"
     if received:
         console.print(f"Stopped at step {result.summary['step']} with a checkpoint. Resume with: {how}",
-                      highlight=False, soft_wrap=True)
+                      highlight=False, soft_wrap=True, markup=False)
         return SIGNAL_EXIT[received[0]]
     saved = result.summary.get("saved_step")
     on_disk = (f"The last checkpoint on disk is from step {saved:,}." if saved is not None
@@ -209,6 +260,69 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
     console.print(f"Stopped at step {result.summary['step']}: {escape(display.pause_reason)}\n{on_disk}\n"
                   f"Resume with: {how}", highlight=False, soft_wrap=True)
     return EXIT_PAUSED_HEADLESS
+
+
+def _caused_by_interrupt(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    for _ in range(20):  # a chain of contexts is short; the bound only guards against a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _interrupted(run_dir: Path, console: Console, received: list[int], *, resume: bool, main: bool) -> int:
+    """A second signal (or one before the handlers were up) left the run at once."""
+    code = SIGNAL_EXIT.get(received[0], 130) if received else 130
+    if main and not resume and _discard_if_untrained(run_dir):
+        console.print("Interrupted before the first checkpoint: nothing to resume, and the run's empty folder "
+                      "is removed.", highlight=False, soft_wrap=True, markup=False)
+        return code
+    if main:
+        name = signal.Signals(received[0]).name if received else "SIGINT"
+        _mark_interrupted(run_dir, f"interrupted by {name} twice: left without a new checkpoint")
+    console.print(f"Interrupted. Resume from the last checkpoint with: cifartui resume {run_dir}",
+                  highlight=False, soft_wrap=True, markup=False)
+    return code
+
+
+def _mark_interrupted(run_dir: Path, reason: str) -> None:
+    """A run left at once was interrupted, not failed: say so in status.json, under the run's lock."""
+    from cifartui.engine.runs import RunDirError, RunLock, write_status
+
+    try:
+        status = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(status, dict) or status.get("status") != "failed":
+        return  # a resume that had not begun has put the run's own status back already
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire(patience_s=0.0)
+        write_status(run_dir, "interrupted", step=status.get("step"), reason=reason)
+    except (RunDirError, OSError):
+        pass  # someone else trains it now, or the disk refuses: the status is theirs or stays
+    finally:
+        lock.release()
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        phrase in text for phrase in ("can't allocate memory", "not enough memory", "out of memory"))
+
+
+def _failure_message(error: BaseException, config: RunConfig) -> str:
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    if _is_out_of_memory(error):
+        return (f"out of memory ({type(error).__name__}: {first_line}). Lower train.batch_size (now "
+                f"{config.train.batch_size}) or train.eval_batch_size (now {config.train.eval_batch_size}), "
+                "pick a smaller model or dataset, or free memory, and try again")
+    return f"the run failed: {type(error).__name__}: {first_line}"
 
 
 def torch_backend() -> str:
@@ -245,9 +359,10 @@ class ProgressDisplay:
             summary = event.model_summary
             verb = "Resuming" if event.resumed else "Training"
             self.console.print(
-                f"{verb} [bold]{event.config['name']}[/] on {event.device}: {summary['name']} "
-                f"({summary['total_parameters']:,} parameters), {event.train_size} train / {event.val_size} val / "
-                f"{event.test_size} test images, {event.total_steps} steps. Run directory: {event.run_dir}",
+                f"{verb} [bold]{escape(str(event.config['name']))}[/] on {escape(event.device)}: "
+                f"{escape(summary['name'])} ({summary['total_parameters']:,} parameters), {event.train_size} train / "
+                f"{event.val_size} val / {event.test_size} test images, {event.total_steps} steps. "
+                f"Run directory: {escape(event.run_dir)}",
                 highlight=False, soft_wrap=True)
             self.progress.start()
             self._started = True
@@ -267,15 +382,16 @@ class ProgressDisplay:
                 self.progress.update(self.task, completed=event.step)
         elif isinstance(event, ev.LRChanged):
             self.console.print(f"step {event.step}: learning rate {event.old:.4g} -> {event.new:.4g} ({event.reason})",
-                               highlight=False, soft_wrap=True)
+                               highlight=False, soft_wrap=True, markup=False)
         elif isinstance(event, ev.DropoutChanged):
             changed = {k: (event.old[k], v) for k, v in event.new.items() if event.old.get(k) != v}
             text = ", ".join(f"{k} {a:.3g}->{b:.3g}" for k, (a, b) in list(changed.items())[:8])
             more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
-            self.console.print(f"step {event.step}: dropout {text}{more}", highlight=False, soft_wrap=True)
+            self.console.print(f"step {event.step}: dropout {text}{more}", highlight=False, soft_wrap=True,
+                               markup=False)
         elif isinstance(event, (ev.LossNotFinite, ev.MemoryExhausted, ev.CheckpointFailed)):
-            self.console.print(f"[bold red]{event.message if hasattr(event, 'message') else event.error}[/]",
-                               highlight=False, soft_wrap=True)
+            text = event.message if hasattr(event, "message") else event.error
+            self.console.print(f"[bold red]{escape(text)}[/]", highlight=False, soft_wrap=True)
         elif isinstance(event, ev.RunPaused):
             if event.requested:  # asked for (`cifartui control RUN pause`): wait for `control RUN resume`
                 self.console.print(f"step {event.step}: paused ({event.reason}); `cifartui control "
@@ -297,7 +413,7 @@ class ProgressDisplay:
 
 
 def _print_summary(console: Console, config: RunConfig, summary: dict[str, Any]) -> None:
-    table = Table(title=f"{config.name}: finished", show_header=True)
+    table = Table(title=f"{escape(config.name)}: finished", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("reference", justify="right")
@@ -308,5 +424,5 @@ def _print_summary(console: Console, config: RunConfig, summary: dict[str, Any])
     table.add_row("best val top-1", _pct(summary["best_val_top1"]), "")
     table.add_row("epochs / steps", f"{summary['epochs']} / {summary['steps']}", "")
     table.add_row("images/s (training)", f"{summary['images_per_s']:,.0f}", "")
-    table.add_row("run directory", summary["run_dir"], "")
+    table.add_row("run directory", escape(summary["run_dir"]), "")
     console.print(table)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import random
 import zipfile
 from pathlib import Path
@@ -61,14 +62,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if not _is_refused_pickle(path, str(error)):
+            raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupted?): neither "
+                                  "a checkpoint nor any pickle") from None
+        detail = _refusal_detail(str(error))
         raise CheckpointError(
             f"{path}: refused: the file contains objects other than tensors and plain values, "
-            f"which could run code when loaded. cifartui only loads checkpoints it wrote. ({first_line})"
+            f"which could run code when loaded. cifartui only loads checkpoints it wrote.{detail}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, AttributeError,
-            TypeError, IndexError, MemoryError) as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except Exception as error:  # noqa: BLE001 - damaged bytes fail in many ways (struct.error, OverflowError, ...)
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if not isinstance(error, (RuntimeError, OSError)) or not detail:  # a bare "101" says nothing alone
+            detail = f"{type(error).__name__}{': ' + detail if detail else ''}"
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupted?): {detail}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a cifartui checkpoint (no '{CHECKPOINT_FORMAT}' format marker)")
@@ -76,6 +81,43 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 CHECKPOINT_FORMAT = "cifartui-checkpoint-1"
+
+# A file that is not a zip archive and is larger than this is not worth parsing as a bare pickle.
+_LARGEST_BARE_PICKLE = 64 * 2**20
+
+
+# What torch's loader says when a pickle asks for an object beyond tensors and plain values.
+_OBJECT_REFUSALS = ("GLOBAL", "Trying to call reduce", "Can only create new object", "Can only build")
+
+
+def _is_refused_pickle(path: Path, message: str) -> bool:
+    """Whether torch refused a real pickle (which might run code), rather than failing on damaged bytes.
+
+    torch's loader says "Unsupported operand" both for random bytes and for a bare
+    pickle of a newer protocol, and random bytes can even start like a request for a
+    global, so a file that is not torch's archive is asked itself: a stream that parses
+    as a pickle to its end is one.
+    """
+    try:
+        if zipfile.is_zipfile(path):  # the archive torch.save writes: its pickle asked for an object
+            return any(sign in message for sign in _OBJECT_REFUSALS)
+        if path.stat().st_size > _LARGEST_BARE_PICKLE:
+            return False
+        data = path.read_bytes()
+        for opcode, _argument, _position in pickletools.genops(data):
+            if opcode.name == "STOP":
+                return True
+    except Exception:  # noqa: BLE001 - bytes that do not parse as a pickle are damaged
+        return False
+    return False
+
+
+def _refusal_detail(message: str) -> str:
+    for line in message.splitlines():
+        line = line.strip()
+        if line.startswith("WeightsUnpickler error:") and line != "WeightsUnpickler error:":
+            return f" ({line[:200]})"
+    return ""
 
 
 def capture_rng() -> dict[str, Any]:

@@ -148,11 +148,13 @@ def _unpickle(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             content = _BatchUnpickler(handle, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            ImportError, KeyError, MemoryError) as error:
-        raise DataError(f"{path}: not a readable CIFAR batch file (truncated or corrupted?): {error}") from None
     except OSError as error:
         raise DataError(f"{path}: cannot read: {error.strerror or error}") from None
+    except Exception as error:  # noqa: BLE001 - a damaged pickle can fail in any way; only arrays come out
+        # (an overflowing frame length, an unknown codec, a bad opcode, a huge allocation, ...)
+        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise DataError(f"{path}: not a readable CIFAR batch file (truncated or corrupted?): "
+                        f"{type(error).__name__}{': ' + detail if detail else ''}") from None
     if not isinstance(content, dict):
         raise DataError(f"{path}: expected a dictionary of arrays, found {type(content).__name__}")
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in content.items()}
@@ -161,11 +163,21 @@ def _unpickle(path: Path) -> dict[str, Any]:
 def _read_batch(path: Path, label_key: str, num_classes: int, *,
                 coarse_into: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels of one batch file; CIFAR-100's coarse labels too, into `coarse_into`."""
+    try:
+        return _read_batch_content(path, label_key, num_classes, coarse_into)
+    except DataError:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever a damaged file does, the message names it
+        raise DataError(f"{path}: not a usable CIFAR batch: {type(error).__name__}: {error}") from None
+
+
+def _read_batch_content(path: Path, label_key: str, num_classes: int,
+                        coarse_into: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
     batch = _unpickle(path)
     if coarse_into is not None and "coarse_labels" in batch:
         try:
             coarse_into.append(np.asarray(batch["coarse_labels"], dtype=np.int64).reshape(-1))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             pass  # superclass views are then left out; training does not need them
     for key in ("data", label_key):
         if key not in batch:
@@ -177,7 +189,7 @@ def _read_batch(path: Path, label_key: str, num_classes: int, *,
         raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), found {dtype} {shape}")
     try:
         labels = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DataError(f"{path}: '{label_key}' is not a list of integers") from None
     if len(labels) != len(data):
         raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
@@ -195,7 +207,16 @@ def _read_names(path: Path, key: str, expected: tuple[str, ...]) -> tuple[str, .
     names = meta.get(key)
     if not isinstance(names, list) or len(names) != len(expected):
         raise DataError(f"{path}: '{key}' should list {len(expected)} names")
-    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    decoded = []
+    for index, name in enumerate(names):
+        if isinstance(name, bytes):
+            try:
+                name = name.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path}: '{key}'[{index}] is not UTF-8 text ({error.reason} at byte "
+                                f"{error.start})") from None
+        decoded.append(str(name))
+    return tuple(decoded)
 
 
 def read_cifar_folder(name: str, folder: Path, *, coarse: bool = False) -> Dataset:

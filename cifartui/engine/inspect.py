@@ -18,7 +18,7 @@ import torch
 
 from cifartui.config import RunConfig
 from cifartui.engine.augment import Preprocessor
-from cifartui.engine.checkpoint import load_checkpoint
+from cifartui.engine.checkpoint import CheckpointError, load_checkpoint
 from cifartui.engine.data import Dataset, load_dataset, split_validation
 from cifartui.engine.models import build_model
 from cifartui.engine.runs import RunDirError, read_config
@@ -139,6 +139,9 @@ def load_trained(run_dir: Path, *, checkpoint: str = "best", data_dir: Path | No
     if not path.is_file():
         raise RunDirError(f"{path}: missing; the run has no checkpoint yet")
     state = load_checkpoint(path)
+    weights, step = state.get("model"), _checkpoint_step(state)
+    if not isinstance(weights, dict) or step is None:
+        raise CheckpointError(f"{path}: not a complete cifartui checkpoint (no model weights or step)")
     dataset = load_dataset(config.dataset, data_dir)
     train_index, _ = split_validation(len(dataset.train_labels), config.dataset.val_fraction, config.train.seed)
     torch_device = torch.device(device)
@@ -146,10 +149,21 @@ def load_trained(run_dir: Path, *, checkpoint: str = "best", data_dir: Path | No
     preprocess.fit(torch.from_numpy(np.ascontiguousarray(dataset.train_images[train_index])), config.train.seed)
     preprocess.to(torch_device)
     model = build_model(config.model, dataset.num_classes)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"{path}: its weights do not fit the model {run_dir / 'config.json'} describes ('{config.model.name}', "
+            f"{dataset.num_classes} classes): {first_line}") from None
     model.to(torch_device).eval()
-    return LoadedModel(config, model, preprocess, dataset, torch_device, int(state["progress"]["step"]),
-                       path.stem)
+    return LoadedModel(config, model, preprocess, dataset, torch_device, step, path.stem)
+
+
+def _checkpoint_step(state: dict[str, Any]) -> int | None:
+    progress = state.get("progress")
+    step = progress.get("step") if isinstance(progress, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def inspect_run(run_dir: Path, *, checkpoint: str = "best", data_dir: Path | None = None,
@@ -174,17 +188,42 @@ def inspect_run(run_dir: Path, *, checkpoint: str = "best", data_dir: Path | Non
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An image file of any size as a 3x32x32 uint8 array (RGB, resized with antialiasing)."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file of any size as a 3x32x32 uint8 array (RGB, resized with antialiasing).
+
+    Files are untrusted: any way PIL fails on one (a truncated or corrupted file, a
+    format it cannot decode, a decompression bomb) is an InspectError naming it.
+    """
+    import warnings
+
+    from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB").resize((32, 32), Image.Resampling.LANCZOS)
-            return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+        with warnings.catch_warnings():
+            # Above PIL's pixel limit it only warns (and decodes it all); such a file is refused.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise InspectError(f"{path}: {width}x{height} pixels is too large to read "
+                                       f"(at most {MAX_IMAGE_PIXELS:,} pixels)")
+                image = image.convert("RGB").resize((32, 32), Image.Resampling.LANCZOS)
+                return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+    except InspectError:
+        raise
     except FileNotFoundError:
         raise InspectError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise InspectError(f"{path}: not an image file PIL can read ({error})") from None
+    except IsADirectoryError:
+        raise InspectError(f"{path}: a folder, not an image file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise InspectError(f"{path}: refused: {error}") from None
+    except Exception as error:  # noqa: BLE001 - PIL's decoders fail on damaged files in many ways
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InspectError(f"{path}: not an image file PIL can read (truncated or corrupted?): {detail}") from None
+
+
+# An image above this many pixels is refused before it is decoded (PIL's own limit, 89 million,
+# only warns; a PNG of a few kilobytes can claim 20,000 x 20,000).
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
 
 def predict_images(loaded: LoadedModel, paths: list[Path], top: int = 5) -> list[list[tuple[str, float]]]:

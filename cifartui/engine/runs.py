@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import socket
 import time
@@ -32,9 +33,16 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get("CIFARTUI_RUNS") or "runs")
 
 
+# A run folder's name is the UTC time, the preset's name and perhaps a counter; the
+# preset's part is cut to this many bytes so that the whole stays under the 255 bytes
+# file systems allow (the full name stays in config.json).
+MAX_NAME_BYTES = 200
+
+
 def new_run_dir(runs_dir: Path, preset: str) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in preset) or "run"
+    safe = safe.encode("utf-8")[:MAX_NAME_BYTES].decode("utf-8", errors="ignore")
     base = Path(runs_dir) / f"{stamp}-{safe}"
     candidate, counter = base, 2
     while True:
@@ -42,8 +50,12 @@ def new_run_dir(runs_dir: Path, preset: str) -> Path:
             candidate.mkdir(parents=True)
             return candidate
         except FileExistsError:
+            if not Path(runs_dir).is_dir():
+                raise RunDirError(f"{runs_dir}: the runs folder is not a folder") from None
             candidate = base.with_name(f"{base.name}-{counter}")
             counter += 1
+        except OSError as error:
+            raise RunDirError(f"{candidate}: cannot create the run folder: {error.strerror or error}") from None
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -177,13 +189,24 @@ def read_config(run_dir: Path) -> RunConfig:
     if not path.is_file():
         raise RunDirError(f"{path}: missing; is {run_dir} a cifartui run directory?")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise RunDirError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except (OSError, ValueError, RecursionError) as error:
         raise RunDirError(f"{path}: not readable JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path}: expected a JSON object (the run's settings), found {_json_kind(data)}")
     try:
         return from_mapping(RunConfig, data, str(path))
     except ConfigError as error:
         raise RunDirError(str(error)) from None
+    except RecursionError:
+        raise RunDirError(f"{path}: nested too deeply to be a run's settings") from None
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "a list", str: "a string", bool: "true or false", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
 
 def write_status(run_dir: Path, status: str, **extra: Any) -> None:
@@ -198,11 +221,12 @@ def read_status(run_dir: Path, *, assume_unlocked: bool = False) -> dict[str, An
     """The run's status; a live status whose run nobody trains any more reads as interrupted.
 
     `assume_unlocked` is for the process that holds the lock itself, about to train the run.
+    Never raises: a status.json that is missing or damaged reads as "unknown".
     """
     path = Path(run_dir) / "status.json"
     try:
-        status = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        status = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
         return {"status": "unknown"}
     if not isinstance(status, dict) or not isinstance(status.get("status"), str):
         return {"status": "unknown"}
@@ -212,7 +236,11 @@ def read_status(run_dir: Path, *, assume_unlocked: bool = False) -> dict[str, An
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Events of metrics.jsonl; a partial or corrupt line (a crash mid-write) is skipped."""
+    """Events of metrics.jsonl; a partial or corrupt line (a crash mid-write) is skipped.
+
+    A run without the file has no events; a file that exists but cannot be read is a
+    RunDirError naming it.
+    """
     path = Path(run_dir) / "metrics.jsonl"
     events = []
     try:
@@ -220,55 +248,154 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
             for line in handle:
                 try:
                     event = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue
-                if isinstance(event, dict) and "event" in event:
+                if isinstance(event, dict) and isinstance(event.get("event"), str) and well_formed_event(event):
                     events.append(event)
     except FileNotFoundError:
         pass
+    except OSError as error:
+        raise RunDirError(f"{path}: cannot read: {error.strerror or error}") from None
     return events
+
+
+def well_formed_event(data: dict[str, Any]) -> bool:
+    """Whether a metrics.jsonl object of a known event has every field, each of its type.
+
+    Lines that are not (an edited or damaged file) are skipped like lines cut off by a
+    crash, so that whoever reads the events can trust them. Unknown events pass: a
+    newer cifartui may write more kinds.
+    """
+    from cifartui.engine.events import EVENT_TYPES
+
+    kind = EVENT_TYPES.get(data.get("event")) if isinstance(data.get("event"), str) else None
+    if kind is None:
+        return True
+    for name, (expected, required) in _event_fields(kind).items():
+        if name not in data:
+            if required:
+                return False
+        elif not _of_type(data[name], expected) or (isinstance(data[name], dict)
+                                                    and not _dict_content_ok(name, data[name])):
+            return False
+    return True
+
+
+def _dict_content_ok(name: str, value: dict[str, Any]) -> bool:
+    """The parts of an event's tables that readers format as numbers hold numbers."""
+    if name in ("dropout_rates", "old", "new"):  # rates by dropout layer
+        return all(_number(rate) is not None for rate in value.values())
+    if name == "model_summary":
+        return isinstance(value.get("name"), str) and _number(value.get("total_parameters")) is not None
+    if name == "config":
+        reference = value.get("reference", {})
+        return isinstance(reference, dict) and all(
+            reference.get(key) is None or _number(reference.get(key)) is not None for key in ("top1", "top5"))
+    return True
+
+
+_EVENT_FIELDS: dict[type, dict[str, tuple[Any, bool]]] = {}
+
+
+def _event_fields(kind: type) -> dict[str, tuple[Any, bool]]:
+    if kind not in _EVENT_FIELDS:
+        import dataclasses
+        import typing
+
+        hints = typing.get_type_hints(kind)
+        _EVENT_FIELDS[kind] = {
+            f.name: (hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(kind)}
+    return _EVENT_FIELDS[kind]
+
+
+def _of_type(value: Any, expected: Any) -> bool:
+    import typing
+
+    options = typing.get_args(expected) if typing.get_origin(expected) is not None else (expected,)
+    for option in options:
+        if option is type(None) and value is None:
+            return True
+        if option is bool and isinstance(value, bool):
+            return True
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if option in (str, dict, list) and isinstance(value, option):
+            return True
+    return False
+
+
+def _number(value: Any) -> float | None:
+    """A finite number from metrics.jsonl, or None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
 
 
 @dataclass(frozen=True)
 class RunInfo:
     path: Path
     preset: str
-    status: str
+    status: str  # as in status.json, "interrupted", "unknown", or "broken" when config.json is unusable
     epochs_done: int
     epochs_total: int
     best_val_top1: float | None
     test_top1: float | None
     started: str
+    problem: str = ""  # why the run is broken, naming the file
 
 
 def describe_run(run_dir: Path) -> RunInfo:
+    """What a run folder holds. Never raises: a run whose files are damaged is "broken"."""
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
+    try:
+        started = datetime.fromtimestamp((run_dir / "config.json").stat().st_mtime, timezone.utc)
+        started_text = started.strftime("%Y-%m-%d %H:%M")
+    except (OSError, ValueError, OverflowError):
+        started_text = ""
+    try:
+        config = read_config(run_dir)
+        events = read_metrics(run_dir)
+    except RunDirError as error:
+        return RunInfo(run_dir, run_dir.name, "broken", 0, 0, None, None, started_text, problem=str(error))
     status = read_status(run_dir)
     epochs_done, best, test = 0, None, None
-    for event in read_metrics(run_dir):
+    for event in events:
         if event["event"] == "EpochEnded":
-            epochs_done = max(epochs_done, int(event.get("epoch", 0)) + 1)
-            value = event.get("val_top1")
+            epoch = _number(event.get("epoch"))
+            if epoch is not None and 0 <= epoch < 2**62:
+                epochs_done = max(epochs_done, int(epoch) + 1)
+            value = _number(event.get("val_top1"))
             if value is not None and (best is None or value > best):
                 best = value
         elif event["event"] == "RunFinished":
-            test = event.get("test_top1")
-    started = datetime.fromtimestamp((run_dir / "config.json").stat().st_mtime, timezone.utc)
-    return RunInfo(run_dir, config.name, status.get("status", "unknown"), epochs_done,
-                   config.train.epochs, best, test, started.strftime("%Y-%m-%d %H:%M"))
+            test = _number(event.get("test_top1"))
+    return RunInfo(run_dir, config.name, status["status"], epochs_done, config.train.epochs, best, test,
+                   started_text)
 
 
 def list_runs(runs_dir: Path) -> tuple[list[RunInfo], list[str]]:
-    """Runs under runs_dir, newest first, and a message for each directory that could not be read."""
+    """Runs under runs_dir, newest first, and a message for each that could not be read.
+
+    A run whose files are damaged is listed too, with status "broken", so that it can
+    be seen; its message names the file.
+    """
     infos, problems = [], []
     root = Path(runs_dir)
-    if not root.is_dir():
-        return [], []
-    for child in sorted(root.iterdir(), reverse=True):
-        if child.is_dir() and (child / "config.json").exists():
-            try:
-                infos.append(describe_run(child))
-            except RunDirError as error:
-                problems.append(str(error))
+    try:
+        children = sorted(root.iterdir(), reverse=True) if root.is_dir() else []
+    except OSError as error:
+        return [], [f"{root}: cannot list the runs folder: {error.strerror or error}"]
+    for child in children:
+        try:
+            is_run = child.is_dir() and (child / "config.json").exists()
+        except OSError:
+            continue
+        if is_run:
+            info = describe_run(child)
+            infos.append(info)
+            if info.problem:
+                problems.append(info.problem)
     return infos, problems

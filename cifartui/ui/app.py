@@ -33,7 +33,8 @@ from textual.worker import Worker, WorkerState
 from cifartui.config import RunConfig, replace_path
 from cifartui.engine import events as ev
 from cifartui.engine.control import RunControl
-from cifartui.engine.runs import RunDirError, default_runs_dir, list_runs, new_run_dir, read_config, read_status
+from cifartui.engine.runs import (RunDirError, default_runs_dir, list_runs, new_run_dir, read_config, read_status,
+                                  well_formed_event)
 from cifartui.ui.messages import RunEvent
 from cifartui.ui.screens.compare import CompareScreen
 from cifartui.ui.screens.dialogs import ConfirmScreen, HelpScreen, ResumeOfferScreen
@@ -66,10 +67,12 @@ class RunHandle:
         return self.control is not None and self.status in ACTIVE and not self.done.is_set()
 
 
-def event_from_json(data: dict) -> ev.Event | None:
+def event_from_json(data: Any) -> ev.Event | None:
     """An event back from a metrics.jsonl line; None for anything unknown or malformed."""
+    if not isinstance(data, dict):  # a line of JSON that is not an object
+        return None
     kind = ev.EVENT_TYPES.get(str(data.get("event")))
-    if kind is None:
+    if kind is None or not well_formed_event(data):  # a damaged line: fields missing or of the wrong type
         return None
     names = {f.name for f in dataclasses.fields(kind)}
     try:
@@ -217,11 +220,15 @@ class CifarTuiApp(App[int]):
     def _tab_label(title: str, status: str) -> str:
         return f"{STATUS_MARK.get(status, '')} {title}"
 
-    def launch(self, config: RunConfig, *, run_dir: Path | None = None, resume: bool = False) -> RunHandle:
+    def launch(self, config: RunConfig, *, run_dir: Path | None = None, resume: bool = False) -> RunHandle | None:
         """Start training `config` in a background thread, in a new tab."""
         busy = [h.config.train.device for h in self.handles.values() if h.active and h.config is not None]
         config = spread_across_gpus(config, busy, gpu_count())
-        run_dir = run_dir or new_run_dir(self.runs_dir, config.name)
+        try:
+            run_dir = run_dir or new_run_dir(self.runs_dir, config.name)
+        except RunDirError as error:  # a runs folder that cannot be written: say so, keep the app
+            self.notify(str(error), title="The run cannot start", severity="error", timeout=15)
+            return None
         handle = RunHandle(self._new_id(), run_dir, config, RunControl())
         self.handles[handle.run_id] = handle
         run_id = handle.run_id
@@ -434,7 +441,7 @@ class CifarTuiApp(App[int]):
         for line in complete.decode("utf-8", errors="replace").splitlines():
             try:
                 event = event_from_json(json.loads(line))
-            except ValueError:
+            except (ValueError, RecursionError):  # a damaged line; RecursionError: nested too deeply
                 continue
             if event is not None:
                 panel.apply(event)
@@ -465,6 +472,8 @@ class CifarTuiApp(App[int]):
         infos, _ = list_runs(self.runs_dir)
         found = []
         for info in infos:
+            if info.status == "broken":
+                continue
             status = read_status(info.path)
             reason = str(status.get("reason", ""))
             if status.get("status") == "interrupted" or (
@@ -542,13 +551,17 @@ class CifarTuiApp(App[int]):
             return
         self._shutting_down = True
         self._stop_and_wait(f"interrupted by {name}")
-        threading.Thread(target=_exit_soon, args=(5.0,), daemon=True, name="cifartui-exit-watchdog").start()
-        self.exit(0)
+        code = SIGNAL_EXIT_CODES.get(name, 1)  # 143 for SIGTERM, 129 for SIGHUP, as headless
+        threading.Thread(target=_exit_soon, args=(5.0, code), daemon=True, name="cifartui-exit-watchdog").start()
+        self.exit(code, return_code=code)
 
 
-def _exit_soon(seconds: float) -> None:
+SIGNAL_EXIT_CODES = {"SIGTERM": 143, "SIGHUP": 129}
+
+
+def _exit_soon(seconds: float, code: int) -> None:
     time.sleep(seconds)
-    os._exit(0)
+    os._exit(code)
 
 
 SWITCH_INTERVAL_S = 0.001
