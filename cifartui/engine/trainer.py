@@ -152,6 +152,7 @@ class Trainer:
                 stale.unlink(missing_ok=True)
             self._metrics_file = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
         self._training_began = False
+        self._saved_step: int | None = None
         try:
             self._status("starting", step=self.progress.step)
             self.result = self._train()
@@ -159,7 +160,10 @@ class Trainer:
         except BaseException as error:
             self._emit(ev.RunFailed(error=str(error) or type(error).__name__, error_type=type(error).__name__,
                                     step=self.progress.step, epoch=self.progress.epoch))
-            if self.resume and not self._training_began and previous_status.get("status") not in (None, "unknown"):
+            if _is_interrupt(error):  # a second Ctrl-C: left at once, the last checkpoint is the previous one
+                self._status("interrupted", step=self._saved_step if self._saved_step is not None else
+                             self.progress.step, reason="left at once without a new checkpoint")
+            elif self.resume and not self._training_began and previous_status.get("status") not in (None, "unknown"):
                 # Resuming failed before a step was taken: the run is where it was, not failed.
                 self._status(previous_status["status"], **{k: v for k, v in previous_status.items() if k not in (
                     "status", "pid", "host", "updated")}, resume_error=str(error))
@@ -737,7 +741,6 @@ class Trainer:
         self._dropout_applied_at = -1
         self._paused_reason = None
         self._paused_on_fault = False
-        self._saved_step: int | None = None
         self._last_checkpoint_ok = True
         self._last_control_poll = 0.0
         self._lr_in_tensor_value: float | None = None
@@ -802,7 +805,9 @@ class Trainer:
                     every = self.config.train.lookahead_every
                     if every and (p.step + 1) % every == 0:
                         self._lookahead(0.95 ** every * ((p.step + 1) / self.total_steps) ** 3)
-                except torch.OutOfMemoryError as error:
+                except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+                    if not _is_out_of_memory(error):
+                        raise
                     if self.dist.enabled:
                         raise  # the other processes wait in a collective: the job cannot skip a step
                     images = labels = None
@@ -1024,6 +1029,26 @@ class Trainer:
             self.dist.all_reduce_(lowest, torch.distributed.ReduceOp.MIN)
             self.dist.all_reduce_(highest, torch.distributed.ReduceOp.MAX)
             return bool(torch.equal(lowest, highest))
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError / MemoryError for the same."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(error)
+    return "can't allocate memory" in text or "DefaultCPUAllocator" in text
+
+
+def _is_interrupt(error: BaseException) -> bool:
+    """A KeyboardInterrupt, or an error a library raised because one arrived inside it."""
+    seen: BaseException | None = error
+    for _ in range(20):  # a chain of causes is short; the bound only guards against a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _describe_part(part: Any) -> str:
