@@ -1532,3 +1532,36 @@ def test_inspect_shows_its_evaluation_progress(tmp_path: Path, monkeypatch: pyte
     run(scenario())
     assert seen[0] == ("loading the checkpoint and the test set", 0, 0)
     assert [done for _, done, _ in seen[1:]] == [30, 60, 90, 100] and seen[-1][2] == 100
+
+
+def test_following_a_run_that_is_still_loading_its_data_keeps_following(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    from tests.app_helpers import script, write_run
+
+    runs = tmp_path / "runs"
+    config = app_config()
+    events = script(runs / "x", config)
+    run_dir = write_run(runs, "20260101-000000-starting", config, [ev.PhaseStarted("loading data", "synthetic")])
+    (run_dir / "status.json").unlink()  # the trainer writes it once its data and model are ready
+
+    async def scenario() -> None:
+        app = make_app(runs_dir=runs, offer_resume=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("h")
+            await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen))
+            await pilot.press("f")
+            await wait_for(pilot, lambda: len(app.handles) == 1)
+            (handle,) = app.handles.values()
+            panel = _panel(app, handle)
+            await pilot.pause(1.5)
+            assert panel.status == "starting" and handle.run_id in app._follow_timers
+            assert "loading data" in str(panel.query_one("#status-line").render())
+            (run_dir / "status.json").write_text(json.dumps({"status": "running", "pid": os.getpid(),
+                                                             "host": socket.gethostname()}))
+            with (run_dir / "metrics.jsonl").open("a") as stream:
+                for event in events[:6]:
+                    stream.write(json.dumps(event.to_json()) + "\n")
+            await wait_for(pilot, lambda: panel.status == "following" and panel.step == 10)
+    run(scenario())

@@ -369,9 +369,9 @@ class CifarTuiApp(App[int]):
     def _train(handle: RunHandle, trainer: Any) -> Any:
         # The training thread keeps the screen's CPU priority. A nicer one (it was +10)
         # starved whenever anything else wanted the CPU: benchmarks/thread_priority.py
-        # measured 6 images/s against 35 at equal priority on a loaded 2-core machine,
-        # and the screen answered no sooner, since a starved thread that holds the
-        # interpreter lock makes the screen wait for it. On a GPU this thread launches
+        # measured 6-10 images/s against 44-73 at equal priority on a loaded 2-core
+        # machine, and the screen answered no sooner, since a starved thread that holds
+        # the interpreter lock makes the screen wait for it. On a GPU this thread launches
         # the kernels; the switch interval (SWITCH_INTERVAL_S) is what gives the screen
         # its turn.
         try:
@@ -640,7 +640,6 @@ class CifarTuiApp(App[int]):
             self._settle_view(handle)
 
     def _follow(self, handle: RunHandle) -> None:
-        handle.status = "following"
         panel = self.panel(handle.run_id)
         if panel is not None:
             self._follow_timers[handle.run_id] = self.set_interval(FOLLOW_EVERY_S, partial(self._tail, handle.run_id))
@@ -690,6 +689,11 @@ class CifarTuiApp(App[int]):
         state = str(status.get("status", "unknown"))
         pid = status.get("pid") if isinstance(status.get("pid"), int) else None
         here = status.get("host") == socket.gethostname()
+        if state == "unknown":
+            # No status.json yet: the other process is still loading its data. Keep reading.
+            panel.process_note = "◉ waiting for the run's status"
+            self._set_status(handle, "following")
+            return
         if state in ("running", "paused"):
             panel.watch_process(pid if here else None)
             panel.process_note = f"◉ pid {pid}" if here else f"◉ pid {pid} on {status.get('host')}"
