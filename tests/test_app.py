@@ -1565,3 +1565,19 @@ def test_following_a_run_that_is_still_loading_its_data_keeps_following(tmp_path
                     stream.write(json.dumps(event.to_json()) + "\n")
             await wait_for(pilot, lambda: panel.status == "following" and panel.step == 10)
     run(scenario())
+
+
+def test_a_late_model_summary_for_an_earlier_choice_does_not_replace_the_current_one(tmp_path: Path) -> None:
+    from textual.widgets import Static
+
+    async def scenario() -> None:
+        app = make_app(runs_dir=tmp_path / "runs", offer_resume=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            picker = await _open_picker(pilot, app, "demo-synthetic")
+            summary = picker.query_one("#model-summary", Static)
+            await wait_for(pilot, lambda: "257,978 parameters" in str(summary.render()))
+            picker._summaries[("an earlier model", 10)] = "[b]model summary:[/] 9 parameters"
+            picker._show_summary(("an earlier model", 10))  # a worker for an earlier recipe, finishing late
+            await pilot.pause(0.1)
+            assert "257,978 parameters" in str(summary.render())
+    run(scenario())

@@ -21,6 +21,33 @@ from cifartui.ui.widgets.system import SystemPanel
 from tests.app_helpers import SilentTrainer, app_config, epochs_script, panel_with, script, wait_for
 
 SIZES = [(80, 24), (120, 40), (160, 50)]
+
+
+async def settled(pilot, app) -> None:  # noqa: ANN001
+    """Until the run panels' tables, logs and charts have caught up with what they were given."""
+    from cifartui.ui.widgets.charts import MetricChart
+    from cifartui.ui.widgets.run_panel import RunPanel
+
+    def done() -> bool:
+        for panel in app.query(RunPanel):
+            table, log = panel.query_one("#epochs-table"), panel.query_one("#event-log")
+            if table.scroll_y < table.max_scroll_y or len(log.lines) < len(log.texts):
+                return False
+            if log._wrapped_at != log.scrollable_content_region.width:
+                return False
+        for chart in app.screen.query(MetricChart):  # drawn, not only computed
+            if chart.dirty or chart._needs_rerender:
+                return False
+        return True
+    await wait_for(pilot, done)
+    await pilot.wait_for_scheduled_animations()
+    await pilot.pause(0.2)
+
+
+async def picker_ready(pilot, app) -> None:  # noqa: ANN001
+    await wait_for(pilot, lambda: getattr(app.screen, "surveyed", False)
+                   and "parameters" in str(app.screen.query_one("#model-summary").render()))
+    await pilot.pause(0.3)
 NO_SUCH_PID = 4_194_304  # above Linux's highest pid: never a live process, and the same in every snapshot
 
 
@@ -50,7 +77,7 @@ def test_run_screen(snap_compare, tmp_path: Path, size: tuple[int, int]) -> None
     async def play(pilot) -> None:  # noqa: ANN001
         (handle,) = app.handles.values()
         await panel_with(pilot, app, epochs_script(handle.run_dir, app_config(), reference=77.37))
-        await pilot.pause(1.2)  # the epoch table scrolls to its newest row at the next redraw
+        await settled(pilot, app)  # the epoch table scrolls to its newest row at the next redraw
 
     assert snap_compare(app, terminal_size=size, run_before=play)
 
@@ -61,6 +88,7 @@ def test_run_screen_two_epochs_at_80x24(snap_compare, tmp_path: Path) -> None:  
     async def play(pilot) -> None:  # noqa: ANN001
         (handle,) = app.handles.values()
         await panel_with(pilot, app, script(handle.run_dir, app_config()))
+        await settled(pilot, app)
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=play)
 
@@ -78,6 +106,7 @@ def test_starting_run_says_what_it_is_doing(snap_compare, tmp_path: Path, size: 
 
     async def play(pilot) -> None:  # noqa: ANN001
         await panel_with(pilot, app, [ev.PhaseStarted("loading data", "cifar10", time=1_700_000_000.0)])
+        await settled(pilot, app)
 
     assert snap_compare(app, terminal_size=size, run_before=play)
 
@@ -98,7 +127,7 @@ def test_interrupted_followed_run(snap_compare, tmp_path: Path) -> None:  # noqa
         await pilot.pause(0.3)
         await pilot.press("f")
         await wait_for(pilot, lambda: app.handles and next(iter(app.handles.values())).status == "interrupted")
-        await pilot.pause(1.2)
+        await settled(pilot, app)
 
     assert snap_compare(app, terminal_size=(120, 40), run_before=follow)
 
@@ -109,9 +138,7 @@ def test_picker(snap_compare, tmp_path: Path, size: tuple[int, int]) -> None:  #
 
     async def open_picker(pilot) -> None:  # noqa: ANN001
         await pilot.press("n")
-        await wait_for(pilot, lambda: "parameters" in str(app.screen.query_one("#model-summary").render()))
-        await wait_for(pilot, lambda: app.screen.needs_download)
-        await pilot.pause(0.2)
+        await picker_ready(pilot, app)
 
     assert snap_compare(app, terminal_size=size, run_before=open_picker)
 
@@ -121,9 +148,10 @@ def test_picker_with_an_invalid_device(snap_compare, tmp_path: Path) -> None:  #
 
     async def open_picker(pilot) -> None:  # noqa: ANN001
         await pilot.press("n")
-        await wait_for(pilot, lambda: "parameters" in str(app.screen.query_one("#model-summary").render()))
-        await wait_for(pilot, lambda: app.screen.needs_download)
+        await picker_ready(pilot, app)
         app.screen.query_one("#set-device").value = "gpu"
+        await wait_for(pilot, lambda: "unknown device" in str(app.screen.query_one("#settings-note").render())
+                       and "Launch is off" in str(app.screen.query_one("#preview").render()))
         await pilot.pause(0.3)
 
     assert snap_compare(app, terminal_size=(120, 40), run_before=open_picker)
@@ -173,6 +201,8 @@ def test_compare(snap_compare, tmp_path: Path) -> None:  # noqa: ANN001
 
     async def compare(pilot) -> None:  # noqa: ANN001
         await pilot.press("h", "a", "down", "a", "v")
+        await wait_for(pilot, lambda: app.screen.query_one("#rank-table").row_count == 2
+                       and app.screen.query_one("#compare-chart").limits is not None)
         await pilot.pause(0.3)
 
     assert snap_compare(app, terminal_size=(120, 40), run_before=compare)
@@ -186,6 +216,8 @@ def test_full_screen_chart(snap_compare, tmp_path: Path) -> None:  # noqa: ANN00
         await panel_with(pilot, app, epochs_script(handle.run_dir, app_config(), reference=77.37))
         await pilot.press("z", "tab")
         await pilot.press(*["left"] * 20)
+        await wait_for(pilot, lambda: app.screen.cursor_column == 20
+                       and str(app.screen.query_one("#readout").render()).startswith("step 9"))
         await pilot.pause(0.2)
 
     assert snap_compare(app, terminal_size=(120, 40), run_before=play)

@@ -174,6 +174,7 @@ class PickerScreen(ModalScreen[RunConfig | None]):
         self.problems: dict[str, str] = {}
         self.needs_download: set[str] = set()
         self.paces: dict[tuple[str, str], Pace] = {}
+        self.surveyed = False  # the download marks and the time estimates are in
         self._summaries: dict[tuple, str] = {}
         self._remembered = self._read_remembered()
 
@@ -248,6 +249,7 @@ class PickerScreen(ModalScreen[RunConfig | None]):
 
     def _surveyed(self, missing: set[str], paces: dict[tuple[str, str], Pace]) -> None:
         self.needs_download, self.paces = missing, paces
+        self.surveyed = True
         recipes = self.query_one("#recipes", OptionList)
         highlighted = recipes.highlighted
         for name in self.recipes:
@@ -450,7 +452,13 @@ class PickerScreen(ModalScreen[RunConfig | None]):
                 self._summaries[key] = (f"[b]model summary:[/] {summary.total_parameters:,} parameters, "
                                         f"{len(summary.layers)} layers: {layers}"
                                         + (" …" if len(summary.layers) > 6 else ""))
-        self.app.call_from_thread(self.query_one("#model-summary", Static).update, self._summaries[key])
+        self.app.call_from_thread(self._show_summary, key)
+
+    def _show_summary(self, key: tuple) -> None:
+        # Workers for earlier choices may finish after this one: only the current model is shown.
+        config = self.config
+        if self.is_attached and config is not None and (config.model, config.dataset.num_classes) == key:
+            self.query_one("#model-summary", Static).update(self._summaries[key])
 
     # --- memory of the last launch ------------------------------------------------------------
 

@@ -425,7 +425,11 @@ class RunPanel(VerticalScroll):
         self.query_one("#alert", Static).display = False
 
     def _fill_dropout_rates(self) -> None:
-        self._set_text("#dropout-rates", describe_rates(self.dropout_rates))
+        text = describe_rates(self.dropout_rates)
+        if self._shown_text.get("#dropout-rates") != text:
+            self._shown_text["#dropout-rates"] = text
+            # One line or two, depending on the layers: this label's height follows its text.
+            self.query_one("#dropout-rates", Static).update(text)
 
     # --- drawing ------------------------------------------------------------------------------
 
