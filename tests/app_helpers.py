@@ -100,3 +100,83 @@ class PoisonedTrainer(Trainer):
 
 def run(coroutine) -> None:  # noqa: ANN001
     asyncio.run(coroutine)
+
+
+def epochs_script(run_dir: Path, config: RunConfig, *, epochs: int = 12, steps_per_epoch: int = 10,
+                  reference: float = 0.0, rates: dict | None = None, t0: float = 1_700_000_000.0) -> list[ev.Event]:
+    """A longer fixed history: `epochs` epochs, step reports every two steps, accuracy climbing to 100%."""
+    plain = config.to_dict()
+    plain["reference"] = {"top1": reference, "top5": 0.0, "source": "test"}
+    total = epochs * steps_per_epoch
+    summary = {"name": "cnn3", "total_parameters": 257_978, "trainable_parameters": 257_978, "layers": []}
+    rates = rates if rates is not None else {"3": 0.3, "7": 0.3, "11": 0.4, "16": 0.3, "19": 0.5}
+    events: list[ev.Event] = [
+        ev.PhaseStarted("loading data", "synthetic", time=t0 - 3), ev.PhaseStarted("building model", "cnn3", time=t0 - 1),
+        ev.RunStarted(run_dir=str(run_dir), config=plain, model_summary=summary, device="cpu", step=0, epoch=0,
+                      total_steps=total, steps_per_epoch=steps_per_epoch, train_size=640, val_size=160,
+                      test_size=200, resumed=False, dropout_rates=rates, time=t0),
+        ev.PhaseStarted("warming up", "first steps", time=t0)]
+    for step in range(2, total + 1, 2):
+        epoch = (step - 1) // steps_per_epoch
+        top1 = min(100.0, 10 + 90 * step / total)
+        events.append(ev.StepMetrics(step=step, epoch=epoch, loss=2.3 / (1 + step / 10), top1=top1, lr=0.01,
+                                     images_per_s=2000.0, eta_s=(total - step) * 0.03, total_steps=total,
+                                     recent_images_per_s=2100.0, ms_per_step=30.0, time=t0 + step))
+        if step % steps_per_epoch == 0:
+            events.append(ev.EpochEnded(epoch=epoch, step=step, train_loss=2.3 / (1 + step / 10), train_top1=top1,
+                                        val_loss=2.0 / (1 + step / 10), val_top1=min(100.0, top1 + 2),
+                                        val_top5=100.0, lr=0.01, seconds=10.0, time=t0 + step))
+            events.append(ev.CheckpointSaved(path=str(run_dir / "checkpoints/last.pt"), step=step, epoch=epoch + 1,
+                                             reason="epoch end", time=t0 + step))
+    events.append(ev.RunFinished(test_loss=0.2, test_top1=96.5, test_top5=100.0, best_val_top1=100.0,
+                                 best_val_loss=0.1, epochs=epochs, steps=total, images_per_s=2000.0,
+                                 seconds=total * 0.03, time=t0 + total + 1))
+    return events
+
+
+def write_run(runs: Path, name: str, config: RunConfig, events: list[ev.Event], status: dict | None = None) -> Path:
+    """A run directory as another process would have left it."""
+    import json
+
+    run_dir = runs / name
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
+    (run_dir / "status.json").write_text(json.dumps(status or {"status": "finished", "pid": 1, "host": "elsewhere"}))
+    with (run_dir / "metrics.jsonl").open("w") as handle:
+        for event in events:
+            handle.write(json.dumps(event.to_json()) + "\n")
+    return run_dir
+
+
+def dead_pid() -> int:
+    """The pid of a process that has just ended."""
+    import subprocess
+
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+async def panel_with(pilot, app, events: list[ev.Event]):  # noqa: ANN001, ANN201
+    """The only run's panel, once mounted, with `events` applied and drawn."""
+    (handle,) = app.handles.values()
+    await wait_for(pilot, lambda: app.panel(handle.run_id) is not None and app.panel(handle.run_id).ready
+                   and handle.done.is_set())
+    panel = app.panel(handle.run_id)
+    for event in events:
+        panel.apply(event)
+    app._set_status(handle, panel.status)
+    panel.redraw()
+    await wait_for(pilot, lambda: panel.loss_chart.limits is not None or not panel.loss_chart.series)
+    await pilot.pause(0.1)
+    return panel
+
+
+class SilentTrainer:
+    """Finishes at once and says nothing: the test applies the events itself, in order."""
+
+    def __init__(self, config, run_dir, **_kwargs) -> None:  # noqa: ANN001
+        self.run_dir = run_dir
+
+    def run(self) -> RunResult:
+        return RunResult("finished", self.run_dir, {})

@@ -69,6 +69,7 @@ def test_run_pause_and_hangup_in_tmux(tmp_path: Path, ending: str) -> None:
         while later.group(1) == first.group(1) and time.monotonic() < deadline:
             later = _wait_for_screen(session, r"RUNNING .* step ([\d,]+)/")
         assert later.group(1) != first.group(1), "the numbers on screen should move while training"
+        assert re.search(r"RUNNING .* img/s .* ms/step .*ETA \d", _screen(session)), "the current pace and ETA"
 
         _tmux("send-keys", "-t", session, "p")
         paused = _wait_for_screen(session, r"PAUSED .* step ([\d,]+)/", timeout=10)

@@ -9,11 +9,12 @@ runs or a scripted engine.
 from __future__ import annotations
 
 import asyncio
-import gc
 import dataclasses
+import gc
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -27,7 +28,8 @@ from textual import events, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+from textual.timer import Timer
+from textual.widgets import Header, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
 from cifartui.config import RunConfig, replace_path
@@ -36,18 +38,27 @@ from cifartui.engine.control import RunControl
 from cifartui.engine.runs import (RunDirError, default_runs_dir, list_runs, new_run_dir, read_config, read_status,
                                   well_formed_event)
 from cifartui.ui.messages import RunEvent
+from cifartui.ui.screens.chart_view import ChartScreen
 from cifartui.ui.screens.compare import CompareScreen
 from cifartui.ui.screens.dialogs import ConfirmScreen, HelpScreen, ResumeOfferScreen
 from cifartui.ui.screens.history import HistoryScreen
 from cifartui.ui.screens.inspect import InspectScreen
 from cifartui.ui.screens.picker import PickerScreen
+from cifartui.ui.text import plural
+from cifartui.ui.widgets.charts import SMOOTHING_STEPS, X_AXES, MetricChart
+from cifartui.ui.widgets.footer import KeyFooter
 from cifartui.ui.widgets.run_panel import RunPanel
+from cifartui.ui.widgets.system import SystemPanel
 
 # How long quitting waits for runs to write their checkpoints before leaving anyway.
 SHUTDOWN_WAIT_S = 8.0
 ACTIVE = ("starting", "running", "paused")
+# A run in one of these states can go on from its last checkpoint (r).
+RESUMABLE = ("stopped", "interrupted", "failed", "viewing")
 STATUS_MARK = {"running": "▶", "paused": "⏸", "finished": "✓", "stopped": "■", "failed": "✗",
-               "following": "◉", "viewing": "·", "starting": "…"}
+               "following": "◉", "viewing": "·", "starting": "…", "interrupted": "↯"}
+# How often a followed run's metrics.jsonl and status.json are read again.
+FOLLOW_EVERY_S = 1.0
 
 TrainerFactory = Callable[..., Any]
 
@@ -65,6 +76,11 @@ class RunHandle:
     @property
     def active(self) -> bool:
         return self.control is not None and self.status in ACTIVE and not self.done.is_set()
+
+    @property
+    def name(self) -> str:
+        """What the run's tab says: the recipe, or the directory when its config is unknown."""
+        return self.config.name if self.config is not None else self.run_dir.name
 
 
 def event_from_json(data: Any) -> ev.Event | None:
@@ -84,18 +100,35 @@ def event_from_json(data: Any) -> ev.Event | None:
 class CifarTuiApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "cifartui"
+    # The footer shows the keys a new user needs first, in words that fit 80 columns;
+    # every key is in the help (? or F1) and the command palette (ctrl+p).
     BINDINGS = [
-        Binding("n", "new_run", "New run"),
-        Binding("p", "toggle_pause", "Pause/resume"),
+        Binding("n", "new_run", "New"),
+        Binding("p", "toggle_pause", "Pause"),
         Binding("s", "stop_run", "Stop"),
-        Binding("c", "checkpoint", "Checkpoint"),
+        Binding("c", "checkpoint", "Checkpoint", show=False),
+        Binding("r", "resume_run", "Resume", show=False),
         Binding("h", "history", "History"),
         Binding("v", "compare", "Compare"),
         Binding("i", "inspect", "Inspect"),
+        Binding("z", "chart_view", "Charts"),
         Binding("w", "close_tab", "Close tab", show=False),
-        Binding("question_mark", "help", "Help"),
-        Binding("q", "quit", "Quit"),
+        Binding("e", "smoothing", "Smoothing", show=False),
+        Binding("l", "log_scale", "Log scale", show=False),
+        Binding("x", "x_axis", "X axis", show=False),
+        Binding("m", "system_graphs", "System graphs", show=False),
+        Binding("right_square_bracket", "next_tab", "Next tab", show=False),
+        Binding("left_square_bracket", "previous_tab", "Previous tab", show=False),
+        *[Binding(str(n), f"show_tab({n})", f"Tab {n}", show=False) for n in range(1, 10)],
+        Binding("question_mark,f1", "help", "Help", key_display="?"),
+        Binding("q,f10", "quit", "Quit", key_display="q"),
     ]
+
+    # Keys that act on the focused run's tab work where the tabs are; on History,
+    # Compare or Inspect they would act on a run out of sight, and their footers stay short.
+    RUN_SCREEN_ACTIONS = frozenset({
+        "new_run", "toggle_pause", "stop_run", "checkpoint", "resume_run", "history", "inspect", "chart_view",
+        "close_tab", "smoothing", "log_scale", "x_axis", "system_graphs", "next_tab", "previous_tab", "show_tab"})
 
     def __init__(self, *, runs_dir: Path | None = None, data_dir: Path | None = None,
                  trainer_factory: TrainerFactory | None = None, initial: Iterable[RunConfig] = (),
@@ -107,8 +140,9 @@ class CifarTuiApp(App[int]):
         self._trainer_factory = trainer_factory
         self.initial = list(initial)
         self.offer_resume = offer_resume
-        self.handles: dict[str, RunHandle] = {}
+        self.handles: dict[str, RunHandle] = {}  # in tab order
         self._panels: dict[str, RunPanel] = {}
+        self._follow_timers: dict[str, Timer] = {}
         self._gc_threshold: tuple[int, int, int] | None = None  # Python's, while the app runs its own
         self.comparison: list[Path] = []
         self._counter = 0
@@ -118,15 +152,21 @@ class CifarTuiApp(App[int]):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static("No runs yet. Press [b]n[/] to start one, [b]h[/] for history, [b]?[/] for help.",
-                     id="welcome")
+        yield Static(id="welcome")
         yield TabbedContent(id="runs")
-        yield Footer()
+        yield KeyFooter()
+
+    @property
+    def run_tabs(self) -> TabbedContent:
+        """The tabs of runs, which live on the first screen whatever screen is on top."""
+        return self.screen_stack[0].query_one("#runs", TabbedContent)
 
     @property
     def trainer_factory(self) -> TrainerFactory:
         if self._trainer_factory is None:
-            from cifartui.engine.trainer import Trainer  # PyTorch loads after the first screen is up
+            from cifartui.engine.trainer import (
+                Trainer,  # PyTorch loads after the first screen is up
+            )
 
             self._trainer_factory = Trainer
         return self._trainer_factory
@@ -172,6 +212,10 @@ class CifarTuiApp(App[int]):
             self.call_after_refresh(self._offer_resume)
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.tabbed_content.id != "runs":
+            return
+        handle = self.handles.get(event.pane.id or "")
+        self.sub_title = handle.run_dir.name if handle else ""
         panel = self.panel(event.pane.id or "")
         if panel is not None:
             panel.call_after_refresh(panel.redraw)  # catch up on what arrived while hidden
@@ -181,26 +225,65 @@ class CifarTuiApp(App[int]):
 
     def _layout_for(self, width: int, height: int) -> None:
         # The same widgets, arranged for the space: below 100 columns the tables stack,
-        # below 30 rows charts and log shrink; the run panel scrolls for the rest.
+        # below 30 rows the lower part shrinks; charts take the rows that are left.
         self.set_class(width < 100, "narrow")
         self.set_class(height < 30, "short")
 
     def _update_welcome(self) -> None:
         has_tabs = bool(self.handles)
-        self.query_one("#welcome", Static).display = not has_tabs
-        self.query_one("#runs", TabbedContent).display = has_tabs
+        welcome = self.screen_stack[0].query_one("#welcome", Static)
+        if not has_tabs:
+            welcome.update(self.welcome_text())
+        welcome.display = not has_tabs
+        self.run_tabs.display = has_tabs
+
+    def welcome_text(self) -> str:
+        infos, _ = list_runs(self.runs_dir)
+        keys = "Press [b]n[/] to start a run, [b]?[/] (or F1) for help, [b]q[/] to quit."
+        if not infos:
+            return f"No runs yet in {self.runs_dir}.\n{keys}"
+        interrupted = sum(1 for info in infos if info.status == "interrupted")
+        note = f", {interrupted} interrupted" if interrupted else ""
+        return (f"{plural(len(infos), 'run')} in {self.runs_dir}{note}: press [b]h[/] to browse, open, follow, "
+                f"resume or compare them.\n{keys}")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in self.RUN_SCREEN_ACTIONS and len(self.screen_stack) > 1:
+            return False
+        if action == "compare" and isinstance(self.screen, CompareScreen):
+            return False
+        return True
 
     # --- command palette ----------------------------------------------------------------------
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
-        yield SystemCommand("New run", "Pick a recipe or compose its parts, then launch", self.action_new_run)
-        yield SystemCommand("Pause or resume run", "Pause the focused run, or resume it", self.action_toggle_pause)
-        yield SystemCommand("Stop run", "Stop the focused run after writing a checkpoint", self.action_stop_run)
-        yield SystemCommand("Checkpoint now", "Write the focused run's checkpoint now", self.action_checkpoint)
-        yield SystemCommand("History", "Browse, open, follow and resume runs", self.action_history)
-        yield SystemCommand("Compare runs", "One metric across runs, ranked", self.action_compare)
-        yield SystemCommand("Help", "Keys and what they do", self.action_help)
+        for command in super().get_system_commands(screen):
+            if command.title != "Quit":  # Textual's quits at once; ours asks first when runs train
+                yield command
+        yield SystemCommand("New run", "Pick a recipe or compose its parts, then launch (n)", self.action_new_run)
+        yield SystemCommand("Pause or resume run", "Pause the focused run, or resume it (p)", self.action_toggle_pause)
+        yield SystemCommand("Stop run", "Stop the focused run after writing a checkpoint (s)", self.action_stop_run)
+        yield SystemCommand("Checkpoint now", "Write the focused run's checkpoint now (c)", self.action_checkpoint)
+        yield SystemCommand("Resume stopped run", "Continue the focused stopped or interrupted run (r)",
+                            self.action_resume_run)
+        yield SystemCommand("Next tab", "Show the next run's tab (])", self.action_next_tab)
+        yield SystemCommand("Previous tab", "Show the previous run's tab ([)", self.action_previous_tab)
+        yield SystemCommand("History", "Browse, open, follow, resume and compare runs (h)", self.action_history)
+        yield SystemCommand("Compare runs", "One metric across runs, ranked (v)", self.action_compare)
+        yield SystemCommand("Inspect run", "Confusion matrix, accuracy per class, mistakes, model (i)",
+                            self.action_inspect)
+        yield SystemCommand("Full-screen charts", "The focused run's charts with a cursor and values (z)",
+                            self.action_chart_view)
+        yield SystemCommand("Smoothing", "Step the moving average of the training curves (e)", self.action_smoothing)
+        yield SystemCommand("Log scale", "Loss and learning rate on a log scale, or back (l)", self.action_log_scale)
+        yield SystemCommand("X axis", "Steps, epochs or wall time along the charts (x)", self.action_x_axis)
+        yield SystemCommand("System graphs", "GPU and process figures over time, or one line (m)",
+                            self.action_system_graphs)
+        yield SystemCommand("Close tab", "Close the focused tab of a run that is not training (w)",
+                            self.action_close_tab)
+        yield SystemCommand("Help", "Keys and what they do (? or F1)", self.action_help)
+        yield SystemCommand("Quit", "Leave the app; asks first when runs train, and each writes a checkpoint (q)",
+                            self.action_quit)
 
     # --- runs ---------------------------------------------------------------------------------
 
@@ -208,20 +291,41 @@ class CifarTuiApp(App[int]):
         self._counter += 1
         return f"run-{self._counter}"
 
-    def _add_panel(self, handle: RunHandle, title: str) -> RunPanel:
-        panel = RunPanel(handle.run_id, title, id=f"panel-{handle.run_id}")
-        tabs = self.query_one("#runs", TabbedContent)
-        tabs.add_pane(TabPane(self._tab_label(title, handle.status), panel, id=handle.run_id))
+    def _add_panel(self, handle: RunHandle) -> RunPanel:
+        panel = RunPanel(handle.run_id, handle.run_dir.name, id=f"panel-{handle.run_id}")
+        self._panels[handle.run_id] = panel  # events may come before the tab is mounted
+        tabs = self.run_tabs
+        tabs.add_pane(TabPane(self._tab_label(handle), panel, id=handle.run_id))
         tabs.active = handle.run_id
+        self.call_after_refresh(self._show_tab_of, handle.run_id)  # once mounted: the newest run in front
+        self.sub_title = handle.run_dir.name
         self._update_welcome()
         return panel
 
-    @staticmethod
-    def _tab_label(title: str, status: str) -> str:
-        return f"{STATUS_MARK.get(status, '')} {title}"
+    def _show_tab_of(self, run_id: str) -> None:
+        if run_id in self.handles:
+            self.run_tabs.active = run_id
+
+    def _tab_label(self, handle: RunHandle) -> str:
+        position = list(self.handles).index(handle.run_id) + 1 if handle.run_id in self.handles else 0
+        number = f"{position} " if 0 < position < 10 else ""
+        return f"{number}{STATUS_MARK.get(handle.status, '')} {handle.name}"
+
+    def _relabel_tabs(self) -> None:
+        for handle in self.handles.values():
+            try:
+                self.run_tabs.get_tab(handle.run_id).label = self._tab_label(handle)
+            except Exception:  # not mounted yet
+                pass
+
+    def _tab_showing(self, run_dir: Path) -> RunHandle | None:
+        for handle in self.handles.values():
+            if handle.run_dir == run_dir:
+                return handle
+        return None
 
     def launch(self, config: RunConfig, *, run_dir: Path | None = None, resume: bool = False) -> RunHandle | None:
-        """Start training `config` in a background thread, in a new tab."""
+        """Start training `config` in a background thread: in a new tab, or a resumed run in its own."""
         busy = [h.config.train.device for h in self.handles.values() if h.active and h.config is not None]
         config = spread_across_gpus(config, busy, gpu_count())
         try:
@@ -229,8 +333,27 @@ class CifarTuiApp(App[int]):
         except RunDirError as error:  # a runs folder that cannot be written: say so, keep the app
             self.notify(str(error), title="The run cannot start", severity="error", timeout=15)
             return None
-        handle = RunHandle(self._new_id(), run_dir, config, RunControl())
-        self.handles[handle.run_id] = handle
+        handle = self._tab_showing(run_dir) if resume else None
+        if handle is not None and not handle.active:
+            # The run's tab goes on: its charts, table and log keep their history.
+            self._stop_following(handle.run_id)
+            if handle.control is None:
+                self._tail(handle.run_id)  # a viewed or followed run: what was written since the last read
+            handle.config, handle.control = config, RunControl()
+            handle.done = threading.Event()
+            panel = self.panel(handle.run_id)
+            assert panel is not None
+            self.run_tabs.active = handle.run_id
+        else:
+            handle = RunHandle(self._new_id(), run_dir, config, RunControl())
+            self.handles[handle.run_id] = handle
+            panel = self._add_panel(handle)
+            if resume:
+                self._replay(handle)  # the run so far, from metrics.jsonl, before the trainer appends
+        panel.process_note = ""
+        panel.status = "starting"
+        panel.watch_process(os.getpid())
+        self._set_status(handle, "starting")
         run_id = handle.run_id
 
         def listener(event: ev.Event) -> None:
@@ -238,14 +361,19 @@ class CifarTuiApp(App[int]):
 
         trainer = self.trainer_factory(config, run_dir, data_dir=self.data_dir, listeners=[listener],
                                        control=handle.control, resume=resume)
-        self._add_panel(handle, run_dir.name)
         self.run_worker(partial(self._train, handle, trainer), thread=True, group="runs", name=run_id,
                         description=f"training {run_dir.name}", exit_on_error=False)
         return handle
 
     @staticmethod
     def _train(handle: RunHandle, trainer: Any) -> Any:
-        yield_to_screen()
+        # The training thread keeps the screen's CPU priority. A nicer one (it was +10)
+        # starved whenever anything else wanted the CPU: benchmarks/thread_priority.py
+        # measured 6-10 images/s against 44-73 at equal priority on a loaded 2-core
+        # machine, and the screen answered no sooner, since a starved thread that holds
+        # the interpreter lock makes the screen wait for it. On a GPU this thread launches
+        # the kernels; the switch interval (SWITCH_INTERVAL_S) is what gives the screen
+        # its turn.
         try:
             return trainer.run()
         except BaseException:
@@ -259,18 +387,14 @@ class CifarTuiApp(App[int]):
             handle.done.set()
 
     def panel(self, run_id: str) -> RunPanel | None:
-        # Looked up for every event a run sends: a DOM query per event cost about a
-        # millisecond of the screen thread, so the panel is remembered while attached.
+        # Looked up for every event a run sends. Panels are remembered from their creation:
+        # a DOM query cost about a millisecond of the screen thread, and an app's queries
+        # see only the screen on top, so a run's events would be lost under History.
         panel = self._panels.get(run_id)
-        if panel is not None and panel.is_attached:
+        if panel is not None and (panel.is_attached or not panel.is_mounted):
             return panel
-        panels = self.query(f"#panel-{run_id}")
-        panel = panels.first(RunPanel) if panels else None
-        if panel is None:
-            self._panels.pop(run_id, None)
-        else:
-            self._panels[run_id] = panel
-        return panel
+        self._panels.pop(run_id, None)
+        return None
 
     def on_run_event(self, message: RunEvent) -> None:
         handle = self.handles.get(message.run_id)
@@ -279,29 +403,27 @@ class CifarTuiApp(App[int]):
             return
         event = message.event
         panel.apply(event)
-        status = panel.status
+        name = handle.run_dir.name
         if isinstance(event, (ev.LossNotFinite, ev.MemoryExhausted)):
             self.bell()
-            self.notify(event.message, title=f"{handle.run_dir.name}: paused", severity="error", timeout=15)
+            self.notify(event.message, title=f"{name}: paused", severity="error", timeout=15)
         elif isinstance(event, ev.CheckpointFailed):
-            self.notify(event.error, title=f"{handle.run_dir.name}: checkpoint failed", severity="error",
-                        timeout=15)
+            self.notify(event.error, title=f"{name}: checkpoint failed", severity="error", timeout=15)
         elif isinstance(event, ev.RunFailed):
-            self.notify(f"{event.error_type}: {event.error}", title=f"{handle.run_dir.name} failed",
-                        severity="error", timeout=15)
+            self.notify(f"{event.error_type}: {event.error}", title=f"{name} failed", severity="error", timeout=15)
         elif isinstance(event, ev.RunFinished):
-            self.notify(f"test top-1 {event.test_top1:.2f}%", title=f"{handle.run_dir.name} finished")
-        self._set_status(handle, status)
+            self.notify(f"test top-1 {event.test_top1:.2f}%", title=f"{name} finished")
+        self._set_status(handle, panel.status)
 
     def _set_status(self, handle: RunHandle, status: str) -> None:
         if handle.status == status:
             return
         handle.status = status
         try:
-            tab = self.query_one("#runs", TabbedContent).get_tab(handle.run_id)
-        except Exception:  # the tab was closed
+            tab = self.run_tabs.get_tab(handle.run_id)
+        except Exception:  # the tab was closed, or is not mounted yet
             return
-        tab.label = self._tab_label(handle.run_dir.name, status)
+        tab.label = self._tab_label(handle)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker
@@ -316,8 +438,12 @@ class CifarTuiApp(App[int]):
         self._set_status(handle, "failed")
 
     def focused_handle(self) -> RunHandle | None:
-        active = self.query_one("#runs", TabbedContent).active
+        active = self.run_tabs.active
         return self.handles.get(active) if active else None
+
+    def focused_panel(self) -> RunPanel | None:
+        handle = self.focused_handle()
+        return self.panel(handle.run_id) if handle else None
 
     # --- actions ------------------------------------------------------------------------------
 
@@ -325,12 +451,22 @@ class CifarTuiApp(App[int]):
         def launch(config: RunConfig | None) -> None:
             if config is not None:
                 self.launch(config)
-        self.push_screen(PickerScreen(), launch)
+        self.push_screen(PickerScreen(runs_dir=self.runs_dir), launch)
+
+    def _no_active_run(self, handle: RunHandle | None) -> bool:
+        if handle is not None and handle.active:
+            return False
+        if handle is not None and handle.status == "following":
+            self.notify("This run trains in another process; stop it there (Ctrl-C).", severity="warning")
+        elif handle is not None and handle.status in RESUMABLE:
+            self.notify(f"{handle.run_dir.name} is {handle.status}; r resumes it.", severity="warning")
+        else:
+            self.notify("No active run in this tab.", severity="warning")
+        return True
 
     def action_toggle_pause(self) -> None:
         handle = self.focused_handle()
-        if handle is None or not handle.active:
-            self.notify("No active run in this tab.", severity="warning")
+        if self._no_active_run(handle):
             return
         if handle.control.paused:
             handle.control.resume()
@@ -339,23 +475,30 @@ class CifarTuiApp(App[int]):
 
     def action_stop_run(self) -> None:
         handle = self.focused_handle()
-        if handle is None or not handle.active:
-            self.notify("No active run in this tab.", severity="warning")
+        if self._no_active_run(handle):
             return
 
         def answer(yes: bool | None) -> None:
             if yes:
                 handle.control.stop("stopped from the app")
         self.push_screen(ConfirmScreen(f"Stop {handle.run_dir.name}?\nIt writes a checkpoint first; "
-                                       f"`cifartui resume` continues it later.", yes="Stop"), answer)
+                                       f"r in its tab (or `cifartui resume`) continues it later.", yes="Stop"), answer)
 
     def action_checkpoint(self) -> None:
         handle = self.focused_handle()
-        if handle is None or not handle.active:
-            self.notify("No active run in this tab.", severity="warning")
+        if self._no_active_run(handle):
             return
         handle.control.checkpoint_now()
         self.notify(f"Checkpoint of {handle.run_dir.name} requested.")
+
+    def action_resume_run(self) -> None:
+        handle = self.focused_handle()
+        if handle is None:
+            self.notify("Open a run first (h for history).", severity="warning")
+        elif handle.active:
+            self.notify(f"{handle.run_dir.name} is training already.", severity="warning")
+        else:
+            self.resume_run(handle.run_dir)
 
     def action_close_tab(self) -> None:
         handle = self.focused_handle()
@@ -364,19 +507,44 @@ class CifarTuiApp(App[int]):
         if handle.active:
             self.notify("Stop the run first (s); its tab stays while it trains.", severity="warning")
             return
-        self.query_one("#runs", TabbedContent).remove_pane(handle.run_id)
+        self._stop_following(handle.run_id)
+        self.run_tabs.remove_pane(handle.run_id)
         del self.handles[handle.run_id]
+        self._panels.pop(handle.run_id, None)
+        self.call_after_refresh(self._relabel_tabs)
         self.call_after_refresh(self._update_welcome)
+
+    def action_show_tab(self, position: int) -> None:
+        ids = list(self.handles)
+        if 0 < position <= len(ids):
+            self.run_tabs.active = ids[position - 1]
+
+    def _step_tab(self, offset: int) -> None:
+        ids = list(self.handles)
+        if not ids:
+            return
+        current = self.run_tabs.active
+        index = ids.index(current) if current in ids else 0
+        self.run_tabs.active = ids[(index + offset) % len(ids)]
+
+    def action_next_tab(self) -> None:
+        self._step_tab(1)
+
+    def action_previous_tab(self) -> None:
+        self._step_tab(-1)
 
     def action_history(self) -> None:
         self.push_screen(HistoryScreen(self.runs_dir))
 
-    def action_compare(self) -> None:
+    def compared_runs(self) -> list[Path]:
         paths = list(self.comparison)
         for handle in self.handles.values():
             if handle.run_dir not in paths and (handle.run_dir / "config.json").exists():
                 paths.append(handle.run_dir)
-        self.push_screen(CompareScreen(paths))
+        return paths
+
+    def action_compare(self) -> None:
+        self.push_screen(CompareScreen(self.compared_runs()))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -387,6 +555,48 @@ class CifarTuiApp(App[int]):
             self.notify("Open a run first (n, or h for history).", severity="warning")
             return
         self.inspect_run(handle.run_dir)
+
+    def action_chart_view(self) -> None:
+        panel = self.focused_panel()
+        if panel is None:
+            self.notify("Open a run first (n, or h for history).", severity="warning")
+            return
+        self.push_screen(ChartScreen(panel))
+
+    def _chart_setting(self, change: Callable[[RunPanel], str]) -> None:
+        panel = self.focused_panel()
+        if panel is None:
+            return
+        note = change(panel)
+        panel.apply_chart_settings()
+        panel.redraw_status()
+        for chart in panel.query(MetricChart):
+            chart.redraw()
+        self.notify(note, timeout=2)
+
+    def action_smoothing(self) -> None:
+        def change(panel: RunPanel) -> str:
+            steps = SMOOTHING_STEPS
+            panel.smoothing = steps[(steps.index(panel.smoothing) + 1) % len(steps)] if panel.smoothing in steps else 0.0
+            return f"smoothing {panel.smoothing:g}" if panel.smoothing else "smoothing off"
+        self._chart_setting(change)
+
+    def action_log_scale(self) -> None:
+        def change(panel: RunPanel) -> str:
+            panel.log_scale = not panel.log_scale
+            return "loss and learning rate on a log scale" if panel.log_scale else "linear scale"
+        self._chart_setting(change)
+
+    def action_x_axis(self) -> None:
+        def change(panel: RunPanel) -> str:
+            panel.x_axis = X_AXES[(X_AXES.index(panel.x_axis) + 1) % len(X_AXES)]
+            return f"x axis: {panel.x_axis}"
+        self._chart_setting(change)
+
+    def action_system_graphs(self) -> None:
+        panel = self.focused_panel()
+        if panel is not None:
+            panel.query_one("#device", SystemPanel).toggle()
 
     def inspect_run(self, path: Path) -> None:
         """The Inspect view of a run (live or finished), from its best checkpoint."""
@@ -402,15 +612,17 @@ class CifarTuiApp(App[int]):
             self.notify(f"{path.name} removed from the comparison.")
         else:
             self.comparison.append(path)
-            self.notify(f"{path.name} added to the comparison ({len(self.comparison)} runs).")
+            self.notify(f"{path.name} added to the comparison ({plural(len(self.comparison), 'run')}).")
 
     def open_run_view(self, path: Path, *, follow: bool) -> None:
         """Show a run from its metrics.jsonl; with follow, keep reading what another process appends."""
-        for handle in self.handles.values():
-            if handle.run_dir == path:
-                self.query_one("#runs", TabbedContent).active = handle.run_id
-                self.pop_screen()
-                return
+        handle = self._tab_showing(path)
+        if handle is not None:
+            self.run_tabs.active = handle.run_id
+            self.pop_screen()
+            if follow and not handle.active and handle.run_id not in self._follow_timers:
+                self._follow(handle)
+            return
         try:
             config = read_config(path)
         except RunDirError as error:
@@ -419,12 +631,32 @@ class CifarTuiApp(App[int]):
         handle = RunHandle(self._new_id(), path, config, None, status="following" if follow else "viewing")
         self.handles[handle.run_id] = handle
         self.pop_screen()
-        panel = self._add_panel(handle, path.name)
-        self.call_after_refresh(self._tail, handle.run_id)
+        panel = self._add_panel(handle)
+        panel.watch_process(None)
+        self._tail(handle.run_id)
         if follow:
-            panel.set_interval(1.0, partial(self._tail, handle.run_id))
+            self._follow(handle)
+        else:
+            self._settle_view(handle)
+
+    def _follow(self, handle: RunHandle) -> None:
+        panel = self.panel(handle.run_id)
+        if panel is not None:
+            self._follow_timers[handle.run_id] = self.set_interval(FOLLOW_EVERY_S, partial(self._tail, handle.run_id))
+            self._check_followed(handle)
+
+    def _stop_following(self, run_id: str) -> None:
+        timer = self._follow_timers.pop(run_id, None)
+        if timer is not None:
+            timer.stop()
+
+    def _replay(self, handle: RunHandle) -> None:
+        """Everything metrics.jsonl holds now, into the run's panel."""
+        handle.tail_offset = 0
+        self._tail(handle.run_id)
 
     def _tail(self, run_id: str) -> None:
+        """Apply the whole lines appended to the run's metrics.jsonl since the last read."""
         handle = self.handles.get(run_id)
         panel = self.panel(run_id)
         if handle is None or panel is None:
@@ -435,7 +667,7 @@ class CifarTuiApp(App[int]):
                 stream.seek(handle.tail_offset)
                 chunk = stream.read()
         except OSError:
-            return
+            chunk = b""
         complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next read
         handle.tail_offset += len(complete)
         for line in complete.decode("utf-8", errors="replace").splitlines():
@@ -445,9 +677,54 @@ class CifarTuiApp(App[int]):
                 continue
             if event is not None:
                 panel.apply(event)
-        keep = "following" if handle.status == "following" and read_status(handle.run_dir).get("status") in (
-            "running", "paused") else None
-        panel.status = keep or (panel.status if panel.status not in ("starting",) else "viewing")
+        if run_id in self._follow_timers:
+            self._check_followed(handle)
+
+    def _check_followed(self, handle: RunHandle) -> None:
+        """Say what the process that trains a followed run is doing, or that it is gone."""
+        panel = self.panel(handle.run_id)
+        if panel is None:
+            return
+        status = read_status(handle.run_dir)
+        state = str(status.get("status", "unknown"))
+        pid = status.get("pid") if isinstance(status.get("pid"), int) else None
+        here = status.get("host") == socket.gethostname()
+        if state == "unknown":
+            # No status.json yet: the other process is still loading its data. Keep reading.
+            panel.process_note = "◉ waiting for the run's status"
+            self._set_status(handle, "following")
+            return
+        if state in ("running", "paused"):
+            panel.watch_process(pid if here else None)
+            panel.process_note = f"◉ pid {pid}" if here else f"◉ pid {pid} on {status.get('host')}"
+            panel.status = "following" if state == "running" else "paused"
+            self._set_status(handle, "following")
+            return
+        self._stop_following(handle.run_id)
+        panel.watch_process(None)
+        panel.process_note = ""
+        if state == "interrupted":
+            step = status.get("step")
+            at = f" (its last report: step {step:,})" if isinstance(step, int) else ""
+            updated = status.get("updated")
+            panel.interrupted(f"The process that trained this run (pid {pid}) is gone{at}. Press r to resume it "
+                              "from its last checkpoint.", updated if isinstance(updated, (int, float)) else None)
+            self._set_status(handle, "interrupted")
+        else:
+            self._settle_view(handle, state)
+
+    def _settle_view(self, handle: RunHandle, state: str | None = None) -> None:
+        """A run nobody trains: its tab shows how it ended (or viewing, when the file says nothing)."""
+        panel = self.panel(handle.run_id)
+        if panel is None:
+            return
+        state = state or str(read_status(handle.run_dir).get("status", "unknown"))
+        if state == "interrupted":
+            self._check_followed(handle)
+            return
+        if panel.status in ("starting", "running", "following") or state not in ("finished", "stopped", "failed"):
+            panel.status = state if state in ("finished", "stopped", "failed") else "viewing"
+        self._set_status(handle, panel.status)
 
     def resume_run(self, path: Path) -> None:
         if any(h.run_dir == path and h.active for h in self.handles.values()):
@@ -503,13 +780,15 @@ class CifarTuiApp(App[int]):
         if not active:
             self.exit(0)
             return
+        runs = plural(len(active), "run")
 
         def answer(yes: bool | None) -> None:
             if yes:
-                self.notify(f"Stopping {len(active)} run(s): writing checkpoints…", timeout=SHUTDOWN_WAIT_S)
+                self.notify(f"Stopping {runs}: writing checkpoints…", timeout=SHUTDOWN_WAIT_S)
                 self._stop_all_then_exit("app quit")
-        self.push_screen(ConfirmScreen(f"{len(active)} run(s) are training. Stop them (each writes a checkpoint) "
-                                       "and quit?", yes="Stop and quit"), answer)
+        verb = "is" if len(active) == 1 else "are"
+        self.push_screen(ConfirmScreen(f"{runs} {verb} training. Stop (each writes a checkpoint) and quit?",
+                                       yes="Stop and quit"), answer)
 
     @work(thread=True, group="shutdown", exit_on_error=False)
     def _stop_all_then_exit(self, reason: str) -> None:
@@ -575,22 +854,6 @@ FULL_COLLECTION_EVERY_S = 60.0
 FULL_COLLECTION_AT_LATEST_S = 300.0
 IDLE_BEFORE_COLLECTION_S = 2.0
 AUTOMATIC_FULL_COLLECTIONS_OFF = 2**30
-# Training threads run this much nicer than the screen, so that a key is answered at
-# once even when several CPU runs keep every core busy (Linux sets nice per thread).
-TRAINING_NICENESS = 10
-
-
-def yield_to_screen() -> None:
-    """Lower the calling training thread's CPU priority below the screen's (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return  # elsewhere setpriority would lower the whole process, screen included
-    try:
-        thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + TRAINING_NICENESS)
-    except OSError:
-        pass  # a priority is a preference; training goes on without it
-
-
 def gpu_count() -> int:
     import torch
 

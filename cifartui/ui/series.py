@@ -57,6 +57,18 @@ class BoundedSeries:
             self.old_y = [(self.old_y[i] + self.old_y[i + 1]) / 2 for i in range(0, len(self.old_y), 2)]
             self.stride *= 2
 
+    def truncate_after(self, x: float) -> None:
+        """Drop every point past `x` (a resumed run restarts from an earlier step)."""
+        while self.recent_x and self.recent_x[-1] > x:
+            self.recent_x.pop()
+            self.recent_y.pop()
+        if not self.recent_x:
+            keep = [i for i, old in enumerate(self.old_x) if old <= x]
+            self.old_x = [self.old_x[i] for i in keep]
+            self.old_y = [self.old_y[i] for i in keep]
+            self._sum_x = self._sum_y = 0.0
+            self._count = 0
+
     def last(self, count: int) -> tuple[float, ...]:
         ys = self.ys
         return tuple(ys[-count:])

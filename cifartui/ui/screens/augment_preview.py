@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -55,7 +56,9 @@ class AugmentPreviewScreen(ModalScreen[None]):
         except DataError as error:
             # No download from a preview: show generated images and say why.
             dataset = load_dataset(DatasetConfig(name="synthetic", train_size=IMAGES, test_size=1), download=False)
-            note = f" (generated images: {str(error).splitlines()[0]})"
+            # The error's first line is a sentence with its own brackets and full stop; it
+            # follows a dash rather than going inside brackets of ours.
+            note = f" — generated images, because {escape(str(error).splitlines()[0])}"
         originals = torch.from_numpy(np.ascontiguousarray(dataset.train_images[:IMAGES]))
         generator = torch.Generator().manual_seed(seed)
         augmenter = Augmenter(self.config.augment)
@@ -67,8 +70,8 @@ class AugmentPreviewScreen(ModalScreen[None]):
                 # Shown in pixel space: padding appears black here, where training pads the standardized image.
                 image = augmenter(originals[index:index + 1].float() / 255.0, generator)[0]
                 tiles.append((f"{label}: draw {draw + 1}", (image.clamp(0, 1) * 255).round().byte().numpy()))
-        title = (f"[b]Augmentation[/] {self._describe()}{note}. "
-                 f"[b]r[/] draws again, [b]esc[/] closes.")
+        sentence = f"{self._describe()}{note}"
+        title = f"[b]Augmentation[/] {sentence}{'' if sentence.endswith('.') else '.'} [b]r[/] draws again, [b]esc[/] closes."
         self.app.call_from_thread(self._show, title, tiles)
 
     def _describe(self) -> str:

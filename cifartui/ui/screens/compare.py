@@ -1,7 +1,17 @@
-"""Several runs, live or finished, on one chart, ranked, with the settings that differ highlighted."""
+"""Several runs, live or finished, on one chart, ranked, labelled by what differs between them.
+
+Each run is named by the settings that tell it apart (dataset, model, optimizer,
+learning rate, ... in that order of importance), and the table shows progress,
+training time and speed beside the ranking. Space hides a run from the chart, `p`
+pins it to the top of the table, `d` removes it from the comparison, `/` filters.
+Live runs are read again every two seconds; the table keeps its scroll position and
+cursor, and only files that grew are read again.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +20,25 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Select, Static
+from textual.widgets import DataTable, Header, Input, Select, Static
 
 from cifartui.engine.runs import RunDirError, read_config, read_metrics
+from cifartui.ui.text import plural
 from cifartui.ui.widgets.charts import PALETTE, MetricChart
+from cifartui.ui.widgets.footer import KeyFooter
 
 METRICS = {"val_top1": "validation top-1 %", "val_loss": "validation loss", "train_loss": "training loss",
            "train_top1": "training top-1 %", "val_top5": "validation top-5 %"}
+# Settings in the order that tells runs apart best; the rest follow alphabetically.
+IMPORTANCE = ("dataset.name", "dataset.labels", "dataset.classes", "model.name", "optimizer.name", "optimizer.lr",
+              "optimizer.schedule.name", "augment.preprocess", "augment.crop_padding", "augment.flip",
+              "augment.cutout", "train.batch_size", "train.epochs", "train.max_steps", "optimizer.weight_decay",
+              "optimizer.momentum", "model.dropout", "train.seed")
+# How a setting appears in a run's label.
+SHORT = {"dataset.name": "", "model.name": "", "optimizer.name": "", "optimizer.lr": "lr ",
+         "optimizer.schedule.name": "", "train.batch_size": "batch ", "train.epochs": "", "train.seed": "seed "}
+LABEL_SETTINGS = 4
+RELOAD_EVERY_S = 2.0
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -29,20 +51,103 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def differing_settings(configs: list[dict]) -> list[str]:
-    """Keys whose values are not the same in every config (names and descriptions aside)."""
+    """Keys whose values are not the same in every config, most telling first (names and notes aside)."""
     flats = [flatten(c) for c in configs]
-    keys = sorted(set().union(*flats)) if flats else []
+    keys = set().union(*flats) if flats else set()
     skip = {"name", "description", "reference.source"}
-    return [k for k in keys if k not in skip and len({repr(f.get(k)) for f in flats}) > 1]
+    differing = [k for k in keys if k not in skip and len({repr(f.get(k)) for f in flats}) > 1]
+    rank = {key: i for i, key in enumerate(IMPORTANCE)}
+    return sorted(differing, key=lambda k: (rank.get(k, len(rank)), k))
+
+
+def _setting_text(key: str, value: Any) -> str:
+    if isinstance(value, float):
+        text = f"{value:g}"
+    elif isinstance(value, (list, tuple)):
+        text = "+".join(str(v) for v in value) or "none"
+    else:
+        text = str(value)
+    if key in SHORT:
+        return f"{SHORT[key]}{text}" + (" ep" if key == "train.epochs" else "")
+    return f"{key.rsplit('.', 1)[-1]} {text}"
+
+
+def run_label(flat: dict[str, Any], differing: list[str], fallback: str) -> str:
+    """What tells this run apart: the values of the most important differing settings."""
+    parts = [_setting_text(key, flat.get(key)) for key in differing[:LABEL_SETTINGS]]
+    return " · ".join(parts) if parts else fallback
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds:
+        return "-"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+@dataclass
+class RunSummary:
+    path: Path
+    config: dict
+    epochs: list[dict]
+    best_val_top1: float | None
+    test_top1: float | None
+    epochs_total: int
+    train_seconds: float | None
+    images_per_s: float | None
+    stamp: tuple[int, float]  # metrics.jsonl size and mtime when read
+
+
+def summarize_run(path: Path) -> RunSummary | None:
+    try:
+        config = read_config(path)
+    except RunDirError:
+        return None
+    metrics = path / "metrics.jsonl"
+    try:
+        stat = metrics.stat()
+        stamp = (stat.st_size, stat.st_mtime)
+    except OSError:
+        stamp = (0, 0.0)
+    events = read_metrics(path)  # read when the file changed: a long run's file is large
+    epochs = [e for e in events if e["event"] == "EpochEnded"]
+    finished = [e for e in events if e["event"] == "RunFinished"]
+    steps = [e for e in events if e["event"] == "StepMetrics"]
+    best = max((e["val_top1"] for e in epochs if e.get("val_top1") is not None), default=None)
+    started = [e for e in events if e["event"] == "RunStarted"]
+    epochs_total = config.train.epochs
+    if started and started[-1].get("steps_per_epoch"):
+        epochs_total = math.ceil(started[-1]["total_steps"] / started[-1]["steps_per_epoch"])
+    if finished:
+        seconds, rate = finished[-1].get("seconds"), finished[-1].get("images_per_s")
+    else:
+        seconds = sum(float(e.get("seconds", 0.0)) for e in epochs) or None
+        rate = steps[-1].get("images_per_s") if steps else None
+    return RunSummary(path, config.to_dict(), epochs, best, finished[-1]["test_top1"] if finished else None,
+                      epochs_total, seconds, rate, stamp)
 
 
 class CompareScreen(Screen[None]):
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("g", "reload", "Reload")]
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("space", "toggle_visible", "Show/hide"),
+        Binding("p", "pin", "Pin"),
+        Binding("d,delete", "remove", "Remove"),
+        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("g", "reload", "Reload", show=False),
+    ]
 
     def __init__(self, run_dirs: list[Path]) -> None:
         super().__init__()
-        self.run_dirs = run_dirs
+        self.run_dirs = list(run_dirs)
         self.metric = "val_top1"
+        self.hidden: set[Path] = set()
+        self.pinned: set[Path] = set()
+        self.filter_text = ""
+        self.summaries: dict[Path, RunSummary] = {}
+        self.rows: list[RunSummary] = []
+        self._columns: tuple[str, ...] = ()
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -50,54 +155,170 @@ class CompareScreen(Screen[None]):
                      id="metric")
         yield MetricChart(METRICS[self.metric], id="compare-chart", legend=True)
         yield Static(id="compare-note")
-        yield DataTable(id="rank-table", show_cursor=False)
-        yield Footer()
+        yield Input(placeholder="filter runs: part of a name or a setting, enter to keep, escape to clear",
+                    id="compare-filter")
+        yield DataTable(id="rank-table", cursor_type="row")
+        yield KeyFooter()
 
     def on_mount(self) -> None:
+        self.sub_title = "Compare runs"
+        self.query_one("#compare-filter", Input).display = False
+        chart = self.query_one("#compare-chart", MetricChart)
+        chart.configure(x_axis="epoch")
         self.action_reload()
-        self.set_interval(2.0, self.action_reload)  # live runs keep appending to their metrics
+        self.query_one("#rank-table", DataTable).focus()
+        self.set_interval(RELOAD_EVERY_S, self.action_reload)  # live runs keep appending to their metrics
 
     @on(Select.Changed, "#metric")
     def metric_changed(self, event: Select.Changed) -> None:
         self.metric = str(event.value)
         chart = self.query_one("#compare-chart", MetricChart)
         chart.chart_title = METRICS[self.metric]
-        self.action_reload()
+        self.action_reload(force=True)
 
-    def action_reload(self) -> None:
+    def _read(self) -> bool:
+        """Summaries of the runs whose metrics changed; True when any did."""
+        changed = False
+        for path in self.run_dirs:
+            known = self.summaries.get(path)
+            try:
+                stat = (path / "metrics.jsonl").stat()
+                stamp = (stat.st_size, stat.st_mtime)
+            except OSError:
+                stamp = (0, 0.0)
+            if known is not None and known.stamp == stamp:
+                continue
+            summary = summarize_run(path)
+            if summary is not None:
+                self.summaries[path] = summary
+                changed = True
+        for path in [p for p in self.summaries if p not in self.run_dirs]:
+            del self.summaries[path]
+            changed = True
+        return changed
+
+    def action_reload(self, force: bool = False) -> None:
+        if not self._read() and not force:
+            return  # nothing new: the table stays exactly as the user left it
+        summaries = [self.summaries[p] for p in self.run_dirs if p in self.summaries]
+        differing = differing_settings([s.config for s in summaries])
+        labels = {s.path: run_label(flatten(s.config), differing, s.path.name) for s in summaries}
+        if len(set(labels.values())) < len(labels):  # the same settings twice: the directory tells them apart
+            labels = {p: f"{label} ({p.name[:15]})" for p, label in labels.items()}
+        colours = {s.path: PALETTE[i % len(PALETTE)] for i, s in enumerate(summaries)}
+        needle = self.filter_text.lower()
+        shown = [s for s in summaries if not needle or needle in labels[s.path].lower() or needle in s.path.name.lower()
+                 or any(needle in str(v).lower() for v in flatten(s.config).values())]
+
         chart = self.query_one("#compare-chart", MetricChart)
         chart.series.clear()
-        rows = []
-        for index, run_dir in enumerate(self.run_dirs):
-            try:
-                config = read_config(run_dir)
-            except RunDirError:
+        chart.styles_by_name.clear()
+        for summary in shown:
+            if summary.path in self.hidden:
                 continue
-            events = read_metrics(run_dir)  # read once per refresh: a long run's file is large
-            epochs = [e for e in events if e["event"] == "EpochEnded"]
-            finished = [e for e in events if e["event"] == "RunFinished"]
-            points = [(e["epoch"] + 1, e[self.metric]) for e in epochs if e.get(self.metric) is not None]
-            colour = PALETTE[index % len(PALETTE)]
+            points = [(e["epoch"] + 1, e[self.metric]) for e in summary.epochs if e.get(self.metric) is not None]
             if points:
-                chart.set_series(run_dir.name, [p[0] for p in points], [p[1] for p in points], colour)
-            best = max((e["val_top1"] for e in epochs if e.get("val_top1") is not None), default=None)
-            rows.append((best, run_dir, config.to_dict(), colour, len(epochs),
-                         finished[-1]["test_top1"] if finished else None))
-        chart.dirty = True
-        chart.redraw()
-        rows.sort(key=lambda row: -1 if row[0] is None else row[0], reverse=True)
-        differing = differing_settings([row[2] for row in rows])
-        table = self.query_one("#rank-table", DataTable)
-        table.clear(columns=True)
-        table.add_column("#")
-        # Styled cells do not widen an auto-sized column, so size the names' column up front.
-        table.add_column("run", width=max([len(row[1].name) for row in rows] + [3]))
-        table.add_columns("best val top-1", "test top-1", "epochs", *differing)
-        for rank, (best, run_dir, config, colour, epochs, test) in enumerate(rows, start=1):
-            flat = flatten(config)
-            cells = [Text(str(flat.get(key)), style="bold yellow") for key in differing]
-            table.add_row(str(rank), Text(run_dir.name, style=colour), "-" if best is None else f"{best:.2f}%",
-                          "-" if test is None else f"{test:.2f}%", str(epochs), *cells)
-        note = ("Add runs from history (h, then a) or start several; live runs are included."
-                if len(rows) < 2 else f"{len(rows)} runs; settings that differ are highlighted.")
+                chart.set_series(labels[summary.path], [p[0] for p in points], [p[1] for p in points],
+                                 colours[summary.path])
+        chart.redraw(force=True)
+
+        ranked = sorted(shown, key=lambda s: (s.path not in self.pinned, -(s.best_val_top1 if s.best_val_top1
+                                                                             is not None else -1)))
+        self.rows = ranked
+        self._fill_table(ranked, differing, labels, colours)
+        datasets = sorted({str(flatten(s.config).get("dataset.name")) for s in shown})
+        if len(shown) < 2:
+            note = Text("Add runs from history (h, then a) or start several; live runs are included.")
+        else:
+            note = Text(f"{plural(len(shown), 'run')}, labelled by what differs; ranked by best validation top-1"
+                        + (f"; filter '{self.filter_text}'" if self.filter_text else "") + ".")
+        if len(datasets) > 1:
+            note.append(f"\n⚠ These runs train on different datasets ({', '.join(datasets)}): "
+                        "their accuracies do not rank against each other.", style="bold yellow")
         self.query_one("#compare-note", Static).update(note)
+
+    def _fill_table(self, ranked: list[RunSummary], differing: list[str], labels: dict[Path, str],
+                    colours: dict[Path, str]) -> None:
+        table = self.query_one("#rank-table", DataTable)
+        columns = ("#", "run", "best val top-1", "test top-1", "epochs", "time", "images/s", *differing)
+        rows = []
+        for rank, summary in enumerate(ranked, start=1):
+            flat = flatten(summary.config)
+            mark = ("📌 " if summary.path in self.pinned else "") + ("(hidden) " if summary.path in self.hidden else "")
+            style = f"dim {colours[summary.path]}" if summary.path in self.hidden else colours[summary.path]
+            cells = [str(rank), Text(mark + labels[summary.path], style=style),
+                     "-" if summary.best_val_top1 is None else f"{summary.best_val_top1:.2f}%",
+                     "-" if summary.test_top1 is None else f"{summary.test_top1:.2f}%",
+                     f"{len(summary.epochs)}/{summary.epochs_total}", _duration(summary.train_seconds),
+                     "-" if not summary.images_per_s else f"{summary.images_per_s:,.0f}"]
+            cells += [Text(_setting_text(key, flat.get(key)), style="bold yellow") for key in differing]
+            rows.append((str(summary.path), cells))
+        cursor_row, scroll_x, scroll_y = table.cursor_row, table.scroll_x, table.scroll_y
+        same_shape = columns == self._columns and [key for key, _ in rows] == [k.value for k in table.rows]
+        if same_shape:
+            # Same runs, same columns: change the cells only; cursor and scrolling stay put.
+            for key, cells in rows:
+                for column, cell in zip(table.columns, cells):
+                    table.update_cell(key, column, cell)
+            return
+        table.clear(columns=columns != self._columns)
+        if columns != self._columns:
+            table.add_column("#")
+            # Styled cells do not widen an auto-sized column, so size the names' column up front.
+            table.add_column("run", width=max([len(labels[s.path]) + 4 for s in ranked] + [3]))
+            table.add_columns(*columns[2:])
+            self._columns = columns
+        for key, cells in rows:
+            table.add_row(*cells, key=key)
+        if table.row_count:
+            table.move_cursor(row=min(cursor_row, table.row_count - 1), animate=False)
+        table.scroll_to(scroll_x, scroll_y, animate=False, immediate=True)
+
+    def _selected(self) -> RunSummary | None:
+        table = self.query_one("#rank-table", DataTable)
+        if not table.row_count or not 0 <= table.cursor_row < len(self.rows):
+            return None
+        return self.rows[table.cursor_row]
+
+    def action_toggle_visible(self) -> None:
+        if (summary := self._selected()) is not None:
+            self.hidden.symmetric_difference_update({summary.path})
+            self.action_reload(force=True)
+
+    def action_pin(self) -> None:
+        if (summary := self._selected()) is not None:
+            self.pinned.symmetric_difference_update({summary.path})
+            self.action_reload(force=True)
+
+    def action_remove(self) -> None:
+        if (summary := self._selected()) is None:
+            return
+        self.run_dirs.remove(summary.path)
+        comparison = getattr(self.app, "comparison", None)
+        if isinstance(comparison, list) and summary.path in comparison:
+            comparison.remove(summary.path)
+        self.notify(f"{summary.path.name} left the comparison.")
+        self.action_reload(force=True)
+
+    def action_filter(self) -> None:
+        field = self.query_one("#compare-filter", Input)
+        field.display = True
+        field.focus()
+
+    @on(Input.Changed, "#compare-filter")
+    def filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        self.action_reload(force=True)
+
+    @on(Input.Submitted, "#compare-filter")
+    def filter_kept(self) -> None:
+        self.query_one("#rank-table", DataTable).focus()
+
+    def action_back(self) -> None:
+        field = self.query_one("#compare-filter", Input)
+        if field.has_focus:
+            field.value = ""
+            field.display = False
+            self.query_one("#rank-table", DataTable).focus()
+            return
+        self.app.pop_screen()

@@ -17,14 +17,58 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import ItemGrid, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Select, Static, TabbedContent, TabPane
+from textual.widgets import (
+    DataTable,
+    Header,
+    ProgressBar,
+    Select,
+    Static,
+    TabbedContent,
+    TabPane,
+)
 
 from cifartui.ui.graphics import picture_tile
+from cifartui.ui.widgets.footer import KeyFooter
 from cifartui.ui.widgets.pictures import heatmap
 
 ALL_CLASSES, SUPERCLASSES = "all", "superclasses"
 MISTAKES, RANDOM = "mistakes", "random"
 SAMPLES_SHOWN = 12
+EVALUATION_BATCH = 500  # test images per step of the progress bar
+
+
+def evaluate_with_progress(run_dir: Path, checkpoint: str, data_dir: Path | None, progress: Any) -> Any:
+    """What `cifartui.engine.inspect.inspect_run` computes, in batches that report their progress.
+
+    `progress(phase, done, total)` is called from this (worker) thread.
+    """
+    import torch
+
+    from cifartui.engine.inspect import Inspection, load_trained
+
+    progress("loading the checkpoint and the test set", 0, 0)
+    loaded = load_trained(run_dir, checkpoint=checkpoint, data_dir=data_dir)
+    dataset = loaded.dataset
+    images = torch.from_numpy(np.ascontiguousarray(dataset.test_images))
+    total = len(images)
+    parts = []
+    for start in range(0, total, EVALUATION_BATCH):
+        parts.append(loaded.probabilities(images[start:start + EVALUATION_BATCH]))
+        progress("evaluating the test set", min(start + EVALUATION_BATCH, total), total)
+    probabilities = torch.cat(parts) if parts else torch.zeros(0, dataset.num_classes)
+    labels = dataset.test_labels.astype(np.int64)
+    k = min(5, dataset.num_classes)
+    top = probabilities.topk(k, dim=1).indices.numpy()
+    predictions = top[:, 0]
+    classes = dataset.num_classes
+    confusion = np.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
+    count = max(len(labels), 1)
+    return Inspection(
+        run_dir=Path(run_dir), checkpoint=loaded.checkpoint, step=loaded.step, class_names=dataset.class_names,
+        superclass_names=dataset.superclass_names, superclass_of=dataset.superclass_of, confusion=confusion,
+        top1=100.0 * float((predictions == labels).sum()) / count,
+        top5=100.0 * float((top == labels[:, None]).any(1).sum()) / count, labels=labels,
+        predictions=predictions, confidence=probabilities.max(1).values.numpy(), images=dataset.test_images)
 
 
 class InspectScreen(Screen[None]):
@@ -51,6 +95,7 @@ class InspectScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("evaluating the test set…", id="inspect-title")
+        yield ProgressBar(id="inspect-progress", show_eta=True)
         with TabbedContent(id="inspect-tabs"):
             with TabPane("Confusion", id="tab-confusion"):
                 yield Select([("all classes", ALL_CLASSES)], value=ALL_CLASSES, id="confusion-view",
@@ -68,7 +113,7 @@ class InspectScreen(Screen[None]):
             with TabPane("Model", id="tab-model"):
                 with VerticalScroll():
                     yield Static(id="model-summary")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.sub_title = f"Inspect {self.run_dir.name}"
@@ -80,18 +125,31 @@ class InspectScreen(Screen[None]):
 
     def action_reload(self) -> None:
         self.query_one("#inspect-title", Static).update(f"evaluating the test set with {self.checkpoint}.pt…")
+        bar = self.query_one("#inspect-progress", ProgressBar)
+        bar.update(total=None, progress=0)
+        bar.display = True
         self._evaluate()
+
+    def _progress(self, phase: str, done: int, total: int) -> None:
+        if not self.is_attached:
+            return  # the user left before the evaluation ended
+        self.query_one("#inspect-title", Static).update(
+            f"{phase} with {self.checkpoint}.pt…" + (f" {done:,}/{total:,} images" if total else ""))
+        self.query_one("#inspect-progress", ProgressBar).update(total=total or None, progress=done)
 
     @work(thread=True, exclusive=True, group="inspect", exit_on_error=False)
     def _evaluate(self) -> None:
         from cifartui.engine.checkpoint import CheckpointError
         from cifartui.engine.data import DataError
-        from cifartui.engine.inspect import InspectError, inspect_run
+        from cifartui.engine.inspect import InspectError
         from cifartui.engine.models import build_model, summarize
         from cifartui.engine.runs import RunDirError, read_config
 
+        def progress(phase: str, done: int, total: int) -> None:
+            self.app.call_from_thread(self._progress, phase, done, total)
+
         try:
-            result = inspect_run(self.run_dir, checkpoint=self.checkpoint, data_dir=self.data_dir)
+            result = evaluate_with_progress(self.run_dir, self.checkpoint, self.data_dir, progress)
             config = read_config(self.run_dir)
             summary = summarize(build_model(config.model, len(result.class_names)), config.model.name)
         except (RunDirError, CheckpointError, DataError, InspectError) as error:
@@ -103,11 +161,17 @@ class InspectScreen(Screen[None]):
         self.app.call_from_thread(self._show, result, summary)
 
     def _show_error(self, message: str) -> None:
+        if not self.is_attached:
+            return
+        self.query_one("#inspect-progress", ProgressBar).display = False
         self.query_one("#inspect-title", Static).update(Text(message, style="red"))
 
     # --- filling the tabs ---------------------------------------------------------------------
 
     def _show(self, result: Any, summary: Any) -> None:
+        if not self.is_attached:
+            return
+        self.query_one("#inspect-progress", ProgressBar).display = False
         self.result = result
         images = int(result.confusion.sum())
         self.query_one("#inspect-title", Static).update(
