@@ -11,7 +11,7 @@ from textual.widgets import DataTable, OptionList, TabPane
 
 from cifartui.engine import events as ev
 from cifartui.engine.checkpoint import load_checkpoint
-from cifartui.engine.runs import read_status
+from cifartui.engine.runs import RunLock, read_status
 from cifartui.ui.app import STATUS_MARK, make_app
 from cifartui.ui.messages import RunEvent
 from cifartui.ui.screens.compare import CompareScreen, differing_settings
@@ -282,6 +282,7 @@ def test_following_a_run_written_by_another_process(tmp_path: Path) -> None:
     (run_dir / "status.json").write_text(json.dumps({"status": "running", "pid": 1, "host": "elsewhere"}))
     events = script(run_dir, config)
     metrics = run_dir / "metrics.jsonl"
+    trainer_lock = RunLock(run_dir).acquire()  # held by the process that trains the run, as a trainer holds it
 
     def append(batch) -> None:  # noqa: ANN001
         with metrics.open("a") as handle:
@@ -306,7 +307,10 @@ def test_following_a_run_written_by_another_process(tmp_path: Path) -> None:
             append(events[5:])
             await wait_for(pilot, lambda: panel.finished is not None)
             assert panel.query_one("#epochs-table", DataTable).row_count == 2
-    run(scenario())
+    try:
+        run(scenario())
+    finally:
+        trainer_lock.release()
 
 
 @pytest.mark.parametrize("size", [(80, 24), (100, 30), (120, 40)])
@@ -930,7 +934,16 @@ def test_a_followed_run_shows_its_own_process_and_its_state(tmp_path: Path) -> N
 
     runs = tmp_path / "runs"
     config = app_config()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (runs / "20260101-000000-elsewhere").mkdir(parents=True)
+    # Another process that trains the run: it holds the run's lock, as a trainer does.
+    sleeper = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
+                                "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+                                "time.sleep(60)", str(runs / "20260101-000000-elsewhere" / ".lock")])
+    from cifartui.engine.runs import is_locked
+
+    deadline = time.monotonic() + 30
+    while not is_locked(runs / "20260101-000000-elsewhere") and time.monotonic() < deadline:
+        time.sleep(0.05)
     try:
         run_dir = write_run(runs, "20260101-000000-elsewhere", config, script(runs / "x", config)[:6],
                             status={"status": "running", "pid": sleeper.pid, "host": socket.gethostname()})
@@ -1292,7 +1305,11 @@ def test_history_refuses_to_delete_a_run_that_trains(tmp_path: Path) -> None:
             assert isinstance(app.screen, HistoryScreen)  # no question: it is refused
             assert any("being trained" in str(n.message) for n in app._notifications)
             assert (runs / "20260101-000000-live").is_dir()
-    run(scenario())
+    lock = RunLock(next(runs.iterdir())).acquire()  # the training process holds the run's lock
+    try:
+        run(scenario())
+    finally:
+        lock.release()
 
 
 def test_starting_run_shows_its_phase_with_elapsed_time_then_its_current_pace(tmp_path: Path) -> None:
@@ -1565,7 +1582,11 @@ def test_following_a_run_that_is_still_loading_its_data_keeps_following(tmp_path
                 for event in events[:6]:
                     stream.write(json.dumps(event.to_json()) + "\n")
             await wait_for(pilot, lambda: panel.status == "following" and panel.step == 10)
-    run(scenario())
+    lock = RunLock(next(runs.iterdir())).acquire()  # the training process holds the run's lock
+    try:
+        run(scenario())
+    finally:
+        lock.release()
 
 
 def test_a_late_model_summary_for_an_earlier_choice_does_not_replace_the_current_one(tmp_path: Path) -> None:

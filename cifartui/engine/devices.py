@@ -30,10 +30,12 @@ def _visible_gpus() -> str:
 def resolve_device(name: str, option: str = "train.device") -> torch.device:
     """The device `name` means on this machine, CUDA devices always with their index.
 
-    `option` is what the user wrote it as (`--device`, `train.device`), for the message.
+    `option` is what the user wrote it as (`--device`, `train.device`), for the message;
+    empty where the caller names the setting itself.
     """
+    where = f"{option}: " if option else ""
     if not isinstance(name, str) or not DEVICE_PATTERN.match(name):
-        raise DeviceError(f"{option}: unknown device {name!r}; expected auto, cpu, cuda or cuda:N")
+        raise DeviceError(f"{where}unknown device {name!r}; expected auto, cpu, cuda or cuda:N")
     if name == "cpu":
         return torch.device("cpu")
     if name == "auto":
@@ -41,12 +43,12 @@ def resolve_device(name: str, option: str = "train.device") -> torch.device:
             return torch.device("cpu")
         return torch.device("cuda", torch.cuda.current_device())
     if not torch.cuda.is_available():
-        raise DeviceError(f"{option}: {name} was asked for but {_visible_gpus()}; use cpu or auto")
+        raise DeviceError(f"{where}{name} was asked for but {_visible_gpus()}; use cpu or auto")
     if name == "cuda":
         return torch.device("cuda", torch.cuda.current_device())
     index = int(name.partition(":")[2])
     if index >= torch.cuda.device_count():
-        raise DeviceError(f"{option}: {name} does not exist: {_visible_gpus()}")
+        raise DeviceError(f"{where}{name} does not exist: {_visible_gpus()}")
     return torch.device("cuda", index)
 
 
@@ -65,7 +67,10 @@ def least_busy_gpu(busy_devices: list[str], gpus: int) -> int:
     (`cuda` counts as the current device, `cuda:0` unless set otherwise).
     """
     load = {index: 0 for index in range(gpus)}
-    current = torch.cuda.current_device() if gpus else 0
+    try:
+        current = torch.cuda.current_device() if gpus else 0
+    except (RuntimeError, AssertionError):  # no CUDA here after all (the caller's count was a plan)
+        current = 0
     for device in busy_devices:
         if device == "cuda":
             device = f"cuda:{current}"

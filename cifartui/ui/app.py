@@ -864,14 +864,9 @@ def spread_across_gpus(config: RunConfig, busy_devices: list[str], gpus: int) ->
     """A run left on `auto` goes to the GPU with the fewest active runs when there are several."""
     if config.train.device != "auto" or gpus < 2:
         return config
-    load = {index: 0 for index in range(gpus)}
-    for device in busy_devices:
-        if device == "cuda":
-            device = "cuda:0"
-        if device.startswith("cuda:") and device[5:].isdigit() and int(device[5:]) in load:
-            load[int(device[5:])] += 1
-    chosen = min(load, key=lambda index: (load[index], index))
-    return replace_path(config, "train.device", f"cuda:{chosen}", "device")
+    from cifartui.engine.devices import least_busy_gpu  # the engine decides devices, in one place
+
+    return replace_path(config, "train.device", f"cuda:{least_busy_gpu(busy_devices, gpus)}", "device")
 
 
 def _import_engine() -> None:

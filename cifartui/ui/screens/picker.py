@@ -59,10 +59,10 @@ def settings_of(config: RunConfig) -> dict[str, str]:
 
 def device_problem(name: str) -> str | None:
     """What is wrong with a device name here, in the engine's words; None when it can train."""
-    from cifartui.engine.trainer import DeviceError, resolve_device
+    from cifartui.engine.devices import DeviceError, resolve_device
 
     try:
-        resolve_device(name)
+        resolve_device(name, option="")  # the picker names the setting itself
     except DeviceError as error:
         return str(error)
     return None
