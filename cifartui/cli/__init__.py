@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", choices=("auto", "sixel", "kitty", "halfblock"),
                         help="how the app draws pictures (default auto, or $CIFARTUI_IMAGES): sixel or kitty "
                         "graphics need the extra cifartui[images], half blocks work in every terminal")
+    parser.add_argument("--detach", action=argparse.BooleanOptionalAction, default=None,
+                        help="runs started in the app train in a process of their own, which quitting the app or "
+                        "losing the connection leaves training (default: on over SSH, off otherwise)")
     parser.set_defaults(handler=training.cmd_app)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (training, control, sweep, listing, results):

@@ -54,11 +54,16 @@ def add_parsers(commands: Any) -> None:
     preset_options(run)
     run.add_argument("--images", choices=("auto", "sixel", "kitty", "halfblock"), default=argparse.SUPPRESS,
                      help="how the app draws pictures (as before the command)")
+    run.add_argument("--detach", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                     help="train in a process of its own that outlives the app (as before the command)")
 
     train = commands.add_parser("train", help="train a preset headless, with a progress bar")
     train.set_defaults(handler=cmd_train)
     preset_options(train)
     train.add_argument("--summary-json", type=Path, metavar="FILE", help="write the final metrics as JSON")
+    train.add_argument("--run-dir", type=Path, metavar="DIR",
+                       help="train into this folder (new, or holding no run yet) instead of a new one under "
+                       "--runs-dir; the app starts its background runs this way")
 
     resume = commands.add_parser("resume", help="continue a run from its checkpoints/last.pt")
     resume.set_defaults(handler=cmd_resume)
@@ -97,11 +102,19 @@ def cmd_app(args: argparse.Namespace, console: Console) -> int:
     from cifartui.ui.app import make_app
 
     image_mode = images.result()
-    app = make_app(runs_dir=args.runs_dir, data_dir=args.data_dir, initial=initial, image_mode=image_mode)
+    from cifartui.ui.background import over_ssh
+
+    detach = args.detach if args.detach is not None else over_ssh()
+    app = make_app(runs_dir=args.runs_dir, data_dir=args.data_dir, initial=initial, image_mode=image_mode,
+                   detach=detach)
     result = app.run()
     if app.return_code:  # 1 when the app crashed (Textual has printed why), or a signal's code
         return app.return_code
     return result if isinstance(result, int) else EXIT_OK
+
+
+# Run folders this process was given rather than made (train --run-dir).
+_GIVEN_RUN_DIRS: set[Path] = set()
 
 
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
@@ -113,10 +126,17 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     run_dir = None
     if distributed.is_main:
         # Where the results go is checked before any training, not found unwritable at its end.
-        runs_dir = check_output_dir(args.runs_dir or default_runs_dir(), "the runs folder")
         if args.summary_json:
             check_output_file(args.summary_json, "--summary-json")
-        run_dir = new_run_dir(runs_dir, config.name)
+        if args.run_dir is not None:
+            run_dir = check_output_dir(args.run_dir, "--run-dir")
+            _GIVEN_RUN_DIRS.add(run_dir)
+            if (run_dir / "config.json").exists():
+                raise OutputPathError(f"{run_dir}: --run-dir holds a run already; `cifartui resume {run_dir}` "
+                                      "continues it")
+        else:
+            runs_dir = check_output_dir(args.runs_dir or default_runs_dir(), "the runs folder")
+            run_dir = new_run_dir(runs_dir, config.name)
     try:
         lock = RunLock(run_dir).acquire() if run_dir is not None else None
         return _run(config, distributed.broadcast_path(run_dir), args, console, resume=False, lock=lock)
@@ -157,8 +177,12 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
 
 
 def _discard_if_untrained(run_dir: Path) -> bool:
-    """Remove a new run's folder when it holds no checkpoint (nothing trained yet); True if removed."""
-    if any((run_dir / "checkpoints").glob("*.pt")):
+    """Remove a new run's folder when it holds no checkpoint (nothing trained yet); True if removed.
+
+    A folder given with --run-dir stays: whoever made it (the app, for a run in the
+    background) reads why the run ended from it.
+    """
+    if run_dir in _GIVEN_RUN_DIRS or any((run_dir / "checkpoints").glob("*.pt")):
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
     return True

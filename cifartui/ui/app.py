@@ -14,6 +14,7 @@ import gc
 import json
 import os
 import signal
+import subprocess
 import socket
 import sys
 import threading
@@ -37,6 +38,7 @@ from cifartui.engine import events as ev
 from cifartui.engine.control import RunControl
 from cifartui.engine.runs import (RunDirError, default_runs_dir, list_runs, new_run_dir, read_config, read_status,
                                   well_formed_event)
+from cifartui.ui import background
 from cifartui.ui.messages import RunEvent
 from cifartui.ui.screens.chart_view import ChartScreen
 from cifartui.ui.screens.compare import CompareScreen
@@ -72,6 +74,7 @@ class RunHandle:
     status: str = "starting"
     done: threading.Event = field(default_factory=threading.Event)
     tail_offset: int = 0
+    process: subprocess.Popen | None = None  # the process training a run this app started in the background
 
     @property
     def active(self) -> bool:
@@ -132,9 +135,11 @@ class CifarTuiApp(App[int]):
 
     def __init__(self, *, runs_dir: Path | None = None, data_dir: Path | None = None,
                  trainer_factory: TrainerFactory | None = None, initial: Iterable[RunConfig] = (),
-                 offer_resume: bool = True, image_mode: str = "halfblock") -> None:
+                 offer_resume: bool = True, image_mode: str = "halfblock", detach: bool = False) -> None:
         super().__init__()
         self.image_mode = image_mode  # "sixel", "kitty" or "halfblock": see cifartui.ui.graphics
+        # New runs train in a process of their own, outliving the app (the default over SSH).
+        self.detach_default = detach
         self.runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
         self.data_dir = data_dir
         self._trainer_factory = trainer_factory
@@ -207,6 +212,7 @@ class CifarTuiApp(App[int]):
         self._layout_for(self.size.width, self.size.height)
         for config in self.initial:
             self.launch(config)
+        self._attach_background_runs()
         self._update_welcome()
         if self.offer_resume:
             self.call_after_refresh(self._offer_resume)
@@ -324,10 +330,17 @@ class CifarTuiApp(App[int]):
                 return handle
         return None
 
-    def launch(self, config: RunConfig, *, run_dir: Path | None = None, resume: bool = False) -> RunHandle | None:
-        """Start training `config` in a background thread: in a new tab, or a resumed run in its own."""
+    def launch(self, config: RunConfig, *, run_dir: Path | None = None, resume: bool = False,
+               detach: bool | None = None) -> RunHandle | None:
+        """Start training `config` in a background thread: in a new tab, or a resumed run in its own.
+
+        With `detach` (the app's default when None) the run trains in a process of its own
+        instead, which quitting the app or losing the terminal leaves training.
+        """
         busy = [h.config.train.device for h in self.handles.values() if h.active and h.config is not None]
         config = spread_across_gpus(config, busy, gpu_count())
+        if self.detach_default if detach is None else detach:
+            return self._launch_detached(config, run_dir=run_dir, resume=resume)
         try:
             run_dir = run_dir or new_run_dir(self.runs_dir, config.name)
         except RunDirError as error:  # a runs folder that cannot be written: say so, keep the app
@@ -363,6 +376,31 @@ class CifarTuiApp(App[int]):
                                        control=handle.control, resume=resume)
         self.run_worker(partial(self._train, handle, trainer), thread=True, group="runs", name=run_id,
                         description=f"training {run_dir.name}", exit_on_error=False)
+        return handle
+
+    def _launch_detached(self, config: RunConfig, *, run_dir: Path | None, resume: bool) -> RunHandle | None:
+        try:
+            run_dir = run_dir or new_run_dir(self.runs_dir, config.name)
+            child = background.start(None if resume else config, run_dir, data_dir=self.data_dir, resume=resume)
+        except (RunDirError, OSError) as error:
+            self.notify(str(error), title="The run cannot start", severity="error", timeout=15)
+            return None
+        handle = self._tab_showing(run_dir)
+        if handle is None:
+            handle = self._open_tab(run_dir, follow=True, config=config)
+        else:
+            self._stop_following(handle.run_id)
+            self._tail(handle.run_id)
+            handle.control, handle.config = None, config
+            self.run_tabs.active = handle.run_id
+            self._follow(handle)
+        handle.process = child
+        panel = self.panel(handle.run_id)
+        if panel is not None:
+            panel.watch_process(child.pid)
+            panel.process_note = f"◉ pid {child.pid}, in the background"
+        self.notify(f"{run_dir.name} trains in the background (pid {child.pid}); quitting the app leaves it "
+                    "training, and the next cifartui opens it again.", timeout=8)
         return handle
 
     @staticmethod
@@ -448,10 +486,12 @@ class CifarTuiApp(App[int]):
     # --- actions ------------------------------------------------------------------------------
 
     def action_new_run(self) -> None:
+        picker = PickerScreen(runs_dir=self.runs_dir, detach=self.detach_default)
+
         def launch(config: RunConfig | None) -> None:
             if config is not None:
-                self.launch(config)
-        self.push_screen(PickerScreen(runs_dir=self.runs_dir), launch)
+                self.launch(config, detach=picker.detach)
+        self.push_screen(picker, launch)
 
     def _no_active_run(self, handle: RunHandle | None) -> bool:
         if handle is not None and handle.active:
@@ -466,6 +506,10 @@ class CifarTuiApp(App[int]):
 
     def action_toggle_pause(self) -> None:
         handle = self.focused_handle()
+        if self._remote_live(handle):
+            panel = self.panel(handle.run_id)
+            self._remote(handle, "resume" if panel is not None and panel.status == "paused" else "pause")
+            return
         if self._no_active_run(handle):
             return
         if handle.control.paused:
@@ -475,17 +519,23 @@ class CifarTuiApp(App[int]):
 
     def action_stop_run(self) -> None:
         handle = self.focused_handle()
-        if self._no_active_run(handle):
+        remote = self._remote_live(handle)
+        if not remote and self._no_active_run(handle):
             return
 
         def answer(yes: bool | None) -> None:
-            if yes:
+            if yes and remote:
+                self._remote(handle, "stop")
+            elif yes:
                 handle.control.stop("stopped from the app")
         self.push_screen(ConfirmScreen(f"Stop {handle.run_dir.name}?\nIt writes a checkpoint first; "
                                        f"r in its tab (or `cifartui resume`) continues it later.", yes="Stop"), answer)
 
     def action_checkpoint(self) -> None:
         handle = self.focused_handle()
+        if self._remote_live(handle):
+            self._remote(handle, "checkpoint")
+            return
         if self._no_active_run(handle):
             return
         handle.control.checkpoint_now()
@@ -628,9 +678,13 @@ class CifarTuiApp(App[int]):
         except RunDirError as error:
             self.notify(str(error), severity="error")
             return
+        self.pop_screen()
+        self._open_tab(path, follow=follow, config=config)
+
+    def _open_tab(self, path: Path, *, follow: bool, config: RunConfig | None) -> RunHandle:
+        """A new tab showing a run from its metrics.jsonl, following it when it trains elsewhere."""
         handle = RunHandle(self._new_id(), path, config, None, status="following" if follow else "viewing")
         self.handles[handle.run_id] = handle
-        self.pop_screen()
         panel = self._add_panel(handle)
         panel.watch_process(None)
         self._tail(handle.run_id)
@@ -638,6 +692,33 @@ class CifarTuiApp(App[int]):
             self._follow(handle)
         else:
             self._settle_view(handle)
+        return handle
+
+    def _attach_background_runs(self) -> None:
+        """Runs started in the background by an earlier app that still train: each in a tab, followed."""
+        for path in background.live_detached_runs(self.runs_dir):
+            if self._tab_showing(path) is None:
+                try:
+                    config = read_config(path)
+                except RunDirError:
+                    continue
+                self._open_tab(path, follow=True, config=config)
+
+    def _remote_live(self, handle: RunHandle | None) -> bool:
+        """A run another process trains (one this app started in the background, or one it follows)."""
+        return handle is not None and handle.control is None and handle.run_id in self._follow_timers
+
+    @work(thread=True, group="control", exit_on_error=False)
+    def _remote(self, handle: RunHandle, command: str) -> None:
+        """Ask the process that trains a followed run, through its control channel (off the screen's thread)."""
+        from cifartui.engine.channel import ControlError, send
+
+        try:
+            answer = send(handle.run_dir, command)
+        except ControlError as error:
+            self.call_from_thread(self.notify, str(error), title=handle.run_dir.name, severity="error", timeout=10)
+            return
+        self.call_from_thread(self.notify, background.describe_answer(command, answer), title=handle.run_dir.name)
 
     def _follow(self, handle: RunHandle) -> None:
         panel = self.panel(handle.run_id)
@@ -689,7 +770,14 @@ class CifarTuiApp(App[int]):
         state = str(status.get("status", "unknown"))
         pid = status.get("pid") if isinstance(status.get("pid"), int) else None
         here = status.get("host") == socket.gethostname()
-        if state == "unknown":
+        if handle.process is not None and handle.process.poll() is not None and state in ("unknown", "starting"):
+            # The background process ended before its run began (a bad setting, missing data).
+            self._stop_following(handle.run_id)
+            panel.fail("RunFailed", background.last_output(handle.run_dir) or
+                       f"the process exited with code {handle.process.returncode}")
+            self._set_status(handle, "failed")
+            return
+        if state in ("unknown", "starting"):
             # No status.json yet: the other process is still loading its data. Keep reading.
             panel.process_note = "◉ waiting for the run's status"
             self._set_status(handle, "following")
@@ -880,10 +968,10 @@ def _import_engine() -> None:
 
 def make_app(*, runs_dir: Path | None = None, data_dir: Path | None = None,
              trainer_factory: TrainerFactory | None = None, initial: Iterable[RunConfig] = (),
-             offer_resume: bool = True, image_mode: str = "halfblock") -> CifarTuiApp:
+             offer_resume: bool = True, image_mode: str = "halfblock", detach: bool = False) -> CifarTuiApp:
     """The app, with the engine swappable for tests."""
     return CifarTuiApp(runs_dir=runs_dir, data_dir=data_dir, trainer_factory=trainer_factory, initial=initial,
-                       offer_resume=offer_resume, image_mode=image_mode)
+                       offer_resume=offer_resume, image_mode=image_mode, detach=detach)
 
 
 __all__ = ["CifarTuiApp", "make_app", "event_from_json"]

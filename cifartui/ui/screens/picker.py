@@ -24,7 +24,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, OptionList, Select, Static
+from textual.widgets import Button, Checkbox, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
 from cifartui import presets
@@ -163,9 +163,10 @@ class PickerScreen(ModalScreen[RunConfig | None]):
                 Binding("ctrl+r", "reset_settings", "Parts' values"),
                 Binding("d", "use_synthetic", "Synthetic data")]
 
-    def __init__(self, runs_dir: Path | None = None) -> None:
+    def __init__(self, runs_dir: Path | None = None, detach: bool = False) -> None:
         super().__init__()
         self.runs_dir = runs_dir
+        self.detach = detach  # train in a process of its own, which outlives the app
         self.recipes = presets.available()
         self.recipe: str | None = None
         self.config: RunConfig | None = None
@@ -199,6 +200,8 @@ class PickerScreen(ModalScreen[RunConfig | None]):
                     with Horizontal(id="data-dir-row"):
                         yield Label("data folder ", id="data-dir-label")
                         yield Input(id="data-dir", placeholder="default: $CIFARTUI_DATA or the cache folder")
+                    yield Checkbox("keep training after the app closes (a process of its own)", self.detach,
+                                   id="detach")
                     yield Static(id="preview")
                     yield Static(id="model-summary")
             with Horizontal(classes="buttons"):
@@ -494,6 +497,7 @@ class PickerScreen(ModalScreen[RunConfig | None]):
         if data_dir:
             self.app.data_dir = Path(data_dir).expanduser()
         self._remember()
+        self.detach = self.query_one("#detach", Checkbox).value
         self.dismiss(self.config)
 
     @on(Button.Pressed, "#preview-augmentation")
