@@ -21,6 +21,7 @@ from cifartui.cli.common import (EXIT_FAILED, EXIT_OK, EXIT_PAUSED_HEADLESS, SIG
                                  check_output_dir, check_output_file, path_kind, pct as _pct,
                                  user_errors as _user_errors, write_output)
 from cifartui.config import RunConfig, replace_path
+from cifartui.engine.control import caused_by_interrupt
 
 
 def run_options(sub: argparse.ArgumentParser) -> None:
@@ -246,7 +247,7 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
         return _interrupted(run_dir, console, received, resume=resume, main=job.is_main)
     except Exception as error:
         display.close()
-        if left_at_once or _caused_by_interrupt(error):
+        if left_at_once or caused_by_interrupt(error):
             # The second signal landed inside a library call (a checkpoint being written),
             # which turned it into an error of its own; the file on disk is the previous one.
             return _interrupted(run_dir, console, received, resume=resume, main=job.is_main)
@@ -284,17 +285,6 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
     console.print(f"Stopped at step {result.summary['step']}: {escape(display.pause_reason)}\n{on_disk}\n"
                   f"Resume with: {how}", highlight=False, soft_wrap=True)
     return EXIT_PAUSED_HEADLESS
-
-
-def _caused_by_interrupt(error: BaseException) -> bool:
-    seen: BaseException | None = error
-    for _ in range(20):  # a chain of contexts is short; the bound only guards against a cycle
-        if seen is None:
-            return False
-        if isinstance(seen, KeyboardInterrupt):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _interrupted(run_dir: Path, console: Console, received: list[int], *, resume: bool, main: bool) -> int:

@@ -14,6 +14,19 @@ from typing import Any, Callable
 PAUSED_POLL_S = 0.25
 
 
+def caused_by_interrupt(error: BaseException) -> bool:
+    """A KeyboardInterrupt, or an error a library raised because one arrived inside it
+    (torch turns a Ctrl-C during a checkpoint write into a RuntimeError)."""
+    seen: BaseException | None = error
+    for _ in range(20):  # a chain of causes is short; the bound only guards against a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class RunControl:
     """Thread-safe requests to a running trainer; each takes effect between two steps."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -114,8 +114,12 @@ class LoadedModel:
     checkpoint: str
 
     @torch.no_grad()
-    def probabilities(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-        """Softmax over classes for uint8 NCHW images, with the run's mirror averaging if it used it."""
+    def probabilities(self, images: torch.Tensor, batch_size: int = 1000,
+                      progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Softmax over classes for uint8 NCHW images, with the run's mirror averaging if it used it.
+
+        `progress(done, total)` is called after each batch.
+        """
         out = []
         for start in range(0, len(images), batch_size):
             x = self.preprocess(images[start:start + batch_size].to(self.device))
@@ -123,6 +127,8 @@ class LoadedModel:
             if self.config.train.test_time_flip:
                 logits = (logits + self.model(x.flip(3)).float()) / 2
             out.append(torch.softmax(logits, 1).cpu())
+            if progress is not None:
+                progress(min(start + batch_size, len(images)), len(images))
         return torch.cat(out) if out else torch.zeros(0, self.dataset.num_classes)
 
 
@@ -167,11 +173,17 @@ def _checkpoint_step(state: dict[str, Any]) -> int | None:
 
 
 def inspect_run(run_dir: Path, *, checkpoint: str = "best", data_dir: Path | None = None,
-                device: str = "cpu") -> Inspection:
+                device: str = "cpu", batch_size: int = 1000,
+                progress: Callable[[str, int, int], None] | None = None) -> Inspection:
+    """The test set evaluated with a run's checkpoint. `progress(phase, done, total)` reports as it goes."""
+    if progress is not None:
+        progress("loading the checkpoint and the test set", 0, 0)
     loaded = load_trained(run_dir, checkpoint=checkpoint, data_dir=data_dir, device=device)
     dataset = loaded.dataset
     images = torch.from_numpy(np.ascontiguousarray(dataset.test_images))
-    probabilities = loaded.probabilities(images)
+    probabilities = loaded.probabilities(
+        images, batch_size, None if progress is None else lambda done, total: progress("evaluating the test set",
+                                                                                        done, total))
     labels = dataset.test_labels.astype(np.int64)
     k = min(5, dataset.num_classes)
     top = probabilities.topk(k, dim=1).indices.numpy()

@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from cifartui.config import ConfigError, RunConfig, to_plain
 from cifartui.engine.runs import (LOCK_NAME, RunBusy, RunDirError, RunLock, is_locked, read_status,
-                                  write_json_atomic)
+                                  write_json_atomic, write_text_atomic)
 
 QUEUE_FORMAT = "cifartui-queue-1"
 STATES = ("pending", "running", "waiting", "finished", "failed", "stopped", "interrupted")
@@ -717,19 +717,6 @@ def _last_error_line(path: Path) -> str:
 
 
 # Small file helpers ----------------------------------------------------------------------------
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temporary.open("w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def toml_document(table: Mapping[str, Any]) -> str:

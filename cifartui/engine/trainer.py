@@ -32,7 +32,7 @@ from cifartui.engine.augment import Augmenter, Preprocessor
 from cifartui.engine.channel import ControlInbox
 from cifartui.engine.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, capture_rng, load_checkpoint,
                                         restore_rng, save_checkpoint)
-from cifartui.engine.control import RunControl
+from cifartui.engine.control import RunControl, caused_by_interrupt
 from cifartui.engine.data import load_dataset, split_validation
 from cifartui.engine.devices import DeviceError, activate, resolve_device
 from cifartui.engine.distributed import Distributed
@@ -160,7 +160,7 @@ class Trainer:
         except BaseException as error:
             self._emit(ev.RunFailed(error=str(error) or type(error).__name__, error_type=type(error).__name__,
                                     step=self.progress.step, epoch=self.progress.epoch))
-            if _is_interrupt(error):  # a second Ctrl-C: left at once, the last checkpoint is the previous one
+            if caused_by_interrupt(error):  # a second Ctrl-C: left at once, the last checkpoint is the previous one
                 self._status("interrupted", step=self._saved_step if self._saved_step is not None else
                              self.progress.step, reason="left at once without a new checkpoint")
             elif self.resume and not self._training_began and previous_status.get("status") not in (None, "unknown"):
@@ -1037,18 +1037,6 @@ def _is_out_of_memory(error: BaseException) -> bool:
         return True
     text = str(error)
     return "can't allocate memory" in text or "DefaultCPUAllocator" in text
-
-
-def _is_interrupt(error: BaseException) -> bool:
-    """A KeyboardInterrupt, or an error a library raised because one arrived inside it."""
-    seen: BaseException | None = error
-    for _ in range(20):  # a chain of causes is short; the bound only guards against a cycle
-        if seen is None:
-            return False
-        if isinstance(seen, KeyboardInterrupt):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _describe_part(part: Any) -> str:

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from cifartui.config import RunConfig
-from cifartui.engine.queue import toml_document, write_text_atomic
-from cifartui.engine.runs import is_locked
+from cifartui.engine.queue import toml_document
+from cifartui.engine.runs import is_locked, write_text_atomic
 
 MARKER = "detached.json"
 LAUNCH_FILE = "launch.toml"

@@ -38,37 +38,14 @@ EVALUATION_BATCH = 500  # test images per step of the progress bar
 
 
 def evaluate_with_progress(run_dir: Path, checkpoint: str, data_dir: Path | None, progress: Any) -> Any:
-    """What `cifartui.engine.inspect.inspect_run` computes, in batches that report their progress.
+    """The engine's inspection, in batches of EVALUATION_BATCH that report `progress(phase, done, total)`.
 
-    `progress(phase, done, total)` is called from this (worker) thread.
+    Called in a worker thread.
     """
-    import torch
+    from cifartui.engine.inspect import inspect_run
 
-    from cifartui.engine.inspect import Inspection, load_trained
-
-    progress("loading the checkpoint and the test set", 0, 0)
-    loaded = load_trained(run_dir, checkpoint=checkpoint, data_dir=data_dir)
-    dataset = loaded.dataset
-    images = torch.from_numpy(np.ascontiguousarray(dataset.test_images))
-    total = len(images)
-    parts = []
-    for start in range(0, total, EVALUATION_BATCH):
-        parts.append(loaded.probabilities(images[start:start + EVALUATION_BATCH]))
-        progress("evaluating the test set", min(start + EVALUATION_BATCH, total), total)
-    probabilities = torch.cat(parts) if parts else torch.zeros(0, dataset.num_classes)
-    labels = dataset.test_labels.astype(np.int64)
-    k = min(5, dataset.num_classes)
-    top = probabilities.topk(k, dim=1).indices.numpy()
-    predictions = top[:, 0]
-    classes = dataset.num_classes
-    confusion = np.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
-    count = max(len(labels), 1)
-    return Inspection(
-        run_dir=Path(run_dir), checkpoint=loaded.checkpoint, step=loaded.step, class_names=dataset.class_names,
-        superclass_names=dataset.superclass_names, superclass_of=dataset.superclass_of, confusion=confusion,
-        top1=100.0 * float((predictions == labels).sum()) / count,
-        top5=100.0 * float((top == labels[:, None]).any(1).sum()) / count, labels=labels,
-        predictions=predictions, confidence=probabilities.max(1).values.numpy(), images=dataset.test_images)
+    return inspect_run(run_dir, checkpoint=checkpoint, data_dir=data_dir, batch_size=EVALUATION_BATCH,
+                       progress=progress)
 
 
 class InspectScreen(Screen[None]):
