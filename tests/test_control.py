@@ -6,8 +6,6 @@ import dataclasses
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from cifartui.engine.checkpoint import load_checkpoint
 from cifartui.engine.runs import read_metrics
 from cifartui.engine.settings import LiveSettings, effective_config
 from cifartui.engine.trainer import RunControl, Trainer
+from benchmarks.faults import cifartui_process
 from tests.conftest import tiny_config
 from tests.test_trainer import Recorder
 
@@ -46,11 +45,6 @@ checkpoint_minutes = 0.0
 """
 
 
-def _cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cifartui.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
 def _wait(condition, timeout: float = 120.0) -> None:  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while not condition():
@@ -73,7 +67,7 @@ def test_control_steers_a_headless_run_and_the_changes_survive_kill_9(tmp_path: 
     preset = tmp_path / "steer.toml"
     preset.write_text(STEERABLE_PRESET)
     runs = tmp_path / "runs"
-    trainer = _cli("train", str(preset), "--runs-dir", str(runs))
+    trainer = cifartui_process("train", str(preset), "--runs-dir", str(runs))
     _wait(lambda: list(runs.glob("*/metrics.jsonl")) and len(_steps(next(runs.iterdir()))) >= 2)
     run = next(runs.iterdir())
 
@@ -95,7 +89,7 @@ def test_control_steers_a_headless_run_and_the_changes_survive_kill_9(tmp_path: 
     assert json.loads(out)["settings"]["optimizer"]["lr"] == 0.01
 
     # Two controllers at once: every change is applied whole, one after the other.
-    setters = [_cli("control", str(run), "set", f"optimizer.momentum={value}") for value in (0.5, 0.6, 0.7, 0.8)]
+    setters = [cifartui_process("control", str(run), "set", f"optimizer.momentum={value}") for value in (0.5, 0.6, 0.7, 0.8)]
     assert [setter.wait(timeout=60) for setter in setters] == [0, 0, 0, 0]
     momentum = [e["changes"]["optimizer.momentum"] for e in read_metrics(run)
                 if e["event"] == "SettingsChanged" and "optimizer.momentum" in e["changes"]]
@@ -119,7 +113,7 @@ def test_control_steers_a_headless_run_and_the_changes_survive_kill_9(tmp_path: 
 
     trainer.send_signal(signal.SIGKILL)  # the changes were checkpointed: they must come back
     trainer.wait(timeout=30)
-    resumed = _cli("resume", str(run))
+    resumed = cifartui_process("resume", str(run))
     _wait(lambda: len([e for e in read_metrics(run) if e["event"] == "RunStarted"]) == 2)
     code, out, _ = _control(capsys, str(run), "status", "--json")
     settings = json.loads(out)["settings"]
