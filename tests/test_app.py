@@ -823,7 +823,7 @@ def test_resume_continues_in_the_runs_own_tab_with_its_history(tmp_path: Path) -
             await wait_for(pilot, lambda: panel.status == "running" and panel.step > stopped_at + 3, timeout=60)
             assert list(app.handles) == [handle.run_id] and handle.active  # the same tab, no second one
             assert len(panel.loss_chart.series["train"]) > points  # the history stayed, new points follow it
-            assert panel.loss_chart.series["train"].xs[0] <= 2
+            assert panel.loss_chart.series["train"].xs[0] < stopped_at / 2  # from the run's start
             assert panel.query_one("#epochs-table", DataTable).row_count >= rows
             assert str(app.run_tabs.get_tab(handle.run_id).label).startswith("1 ▶")
             await wait_for(pilot, lambda: panel.loss_chart.limits is not None)
@@ -963,7 +963,7 @@ def test_a_followed_run_shows_its_own_process_and_its_state(tmp_path: Path) -> N
                 assert system.pid != os.getpid()  # the trainer's process, not the app's
                 assert f"pid {sleeper.pid}" in system.line() and "RSS" in system.line()
                 await pilot.press("p")  # pausing belongs to that process
-                assert any("another process" in str(n.message) for n in app._notifications)
+                await wait_for(pilot, lambda: any("another process" in str(n.message) for n in app._notifications))
                 (run_dir / "status.json").write_text(json.dumps({"status": "paused", "pid": sleeper.pid,
                                                                  "host": socket.gethostname()}))
                 await wait_for(pilot, lambda: panel.status == "paused")

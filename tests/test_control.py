@@ -185,7 +185,8 @@ def test_a_schedule_replaced_mid_run_starts_from_the_lr_in_force(tmp_path: Path)
     lrs = [(s.step, s.lr) for s in recorder.of(ev.StepMetrics)]
     after = [lr for step, lr in lrs if step > 10]
     assert after[0] == pytest.approx(0.01, rel=0.05) and after == sorted(after, reverse=True)
-    assert after[-1] < 0.001  # cosine down to min_lr at the end of the run
+    # Cosine down to min_lr at the end of the run (step metrics are thinned, so ask the trainer).
+    assert trainer.current_lr < 0.001
 
 
 def test_a_resumed_run_trains_with_the_changed_settings(tmp_path: Path) -> None:

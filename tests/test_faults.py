@@ -367,10 +367,13 @@ def test_the_app_starts_over_broken_runs_and_history_shows_them_as_broken(tiny_r
                                 "b-config-null": "broken", "a-config-list": "broken"}
             problems = str(app.screen.query_one("#history-problems", Static).render())
             assert problems.count("config.json") == 2
-            await pilot.press("down", "down", "enter")  # a broken run: a message, and the app carries on
+            table.move_cursor(row=table.get_row_index(str(runs / "b-config-null")), animate=False)
+            await pilot.press("enter")  # a broken run: a message, and the app carries on
             await pilot.pause(0.3)
             assert isinstance(app.screen, HistoryScreen) and not app.handles
-            await pilot.press("up", "enter")  # the run with damaged metrics lines opens without them
+            assert any("b-config-null" in str(n.message) for n in app._notifications)
+            table.move_cursor(row=table.get_row_index(str(runs / "c-bad-metrics")), animate=False)
+            await pilot.press("enter")  # the run with damaged metrics lines opens without them
             await wait_for(pilot, lambda: len(app.handles) == 1)
             panel = app.panel(next(iter(app.handles)))
             await wait_for(pilot, lambda: panel.finished is not None)

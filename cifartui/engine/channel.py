@@ -132,8 +132,13 @@ def send(run_dir: Path, command: str, args: dict[str, Any] | None = None, *,
     if not (run_dir / "config.json").is_file():
         raise ControlError(f"{run_dir}: not a cifartui run directory (no config.json)")
     folder = run_dir / CONTROL_DIR
-    if not is_locked(run_dir) or not folder.is_dir():
+    if not is_locked(run_dir):
         raise RunNotRunning(_not_running(run_dir))
+    if not folder.is_dir():
+        pid = read_status(run_dir).get("pid")
+        who = f"another process (pid {pid})" if isinstance(pid, int) else "another process"
+        raise ControlError(f"{run_dir}: {who} trains it but takes no requests (the run has no {CONTROL_DIR}/ "
+                           "folder); pause or stop it where it was started")
     request_id = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
     request_path = folder / f"{request_id}.request.json"
     reply_path = folder / f"{request_id}.reply.json"

@@ -86,7 +86,7 @@ class HistoryRow:
 
     def cells(self) -> list[Any]:
         styles = {"running": "green", "paused": "yellow", "failed": "red", "interrupted": "magenta",
-                  "finished": "cyan"}
+                  "finished": "cyan", "broken": "red"}
         started = self.started.astimezone().strftime("%Y-%m-%d %H:%M")
         return [self.path.name, Text(self.status, style=styles.get(self.status, "")), self.model, self.optimizer,
                 self.augmentation, f"{self.epochs_done}/{self.epochs_total}", _pct(self.best_val), _pct(self.test),
@@ -122,6 +122,11 @@ def read_row(path: Path) -> HistoryRow:
     return HistoryRow(path, status, config.model.name, f"{config.optimizer.name} {config.optimizer.lr:g}",
                       augment_text(plain.get("augment", {})), epochs_done, config.train.epochs, best, test,
                       started_at(path), (last - first) if first is not None and last is not None else None, note)
+
+
+def broken_row(path: Path) -> HistoryRow:
+    """A run whose config.json cannot be read: its name and when it started, nothing more."""
+    return HistoryRow(path, "broken", "", "", "", 0, 0, None, None, started_at(path), None, "")
 
 
 class HistoryScreen(Screen[None]):
@@ -183,7 +188,9 @@ class HistoryScreen(Screen[None]):
                     try:
                         rows.append(read_row(child))
                     except RunDirError as error:
+                        # Listed all the same, so that it can be seen, deleted or repaired.
                         problems.append(str(error))
+                        rows.append(broken_row(child))
         self.rows, self.problems = rows, problems
 
     def trash_count(self) -> int:
