@@ -79,7 +79,8 @@ class ModelConfig:
         (), "Initial dropout rate of each dropout group (stack); empty keeps the model's own.",
         low=0.0, high=1.0, high_open=True)
     block_dropout: float = setting(
-        0.0, "ResNets: dropout at the input of each identity block.", low=0.0, high=1.0, high_open=True)
+        0.0, "ResNets: dropout on the residual branch's input in each identity block (the shortcut adds "
+        "the undropped input).", low=0.0, high=1.0, high_open=True)
     spatial_dropout: float = setting(
         0.0, "ResNets: channel-wise (spatial) dropout after each identity block's addition.",
         low=0.0, high=1.0, high_open=True)
@@ -87,7 +88,8 @@ class ModelConfig:
         0.0, "Dropout before the classifier (VGG, ResNets).", low=0.0, high=1.0, high_open=True)
     stem_stride: int = setting(1, "ResNet-18/34/50: stride of the first convolution.", low=1, high=2)
     init: Literal["default", "keras"] = setting(
-        "default", "Weight initialization: PyTorch's default or Keras' (Glorot uniform, zero bias).")
+        "default", "Weight initialization: the architecture's own (PyTorch's default; He normal, zero bias "
+        "for the elu-resnets) or Keras' default (Glorot uniform, zero bias).")
 
 
 @dataclass(frozen=True)
