@@ -32,7 +32,7 @@ def differing_settings(configs: list[dict]) -> list[str]:
     """Keys whose values are not the same in every config (names and descriptions aside)."""
     flats = [flatten(c) for c in configs]
     keys = sorted(set().union(*flats)) if flats else []
-    skip = {"name", "description", "reference.source"}
+    skip = {"name", "description", "reference.source", "reference.notes"}
     return [k for k in keys if k not in skip and len({repr(f.get(k)) for f in flats}) > 1]
 
 
