@@ -128,8 +128,8 @@ class DecayGroup:
     """Weight decay for the parameters whose names match one of the patterns."""
 
     match: tuple[str, ...] = setting(
-        (), "Shell-style patterns (*, ?, [...]) over parameter names as `cifartui presets NAME` lists them, "
-        "e.g. \"*.shortcut.conv.weight\"; every pattern must match at least one parameter.")
+        (), "Shell-style patterns (*, ?, [...]) over parameter names: a layer's name as `cifartui presets NAME` "
+        "lists it, then .weight or .bias (e.g. \"*.shortcut.conv.weight\"); each must match a parameter.")
     weight_decay: float = setting(0.0, "Decay of the matched parameters, read as optimizer.decay_convention says.",
                                   low=0.0)
 

@@ -50,11 +50,10 @@ def test_every_recipe_loads_and_builds(name: str) -> None:
         assert config.reference.source and config.reference.notes.strip()
     else:
         assert config.reference.top1 == OTHER_RECIPES[name] and not config.reference.seed
-    if name not in ("elu-resnet110-cifar100", "elu-resnet50-cifar100"):  # the two large models: checked on their own
-        model = build_model(config.model, config.dataset.num_classes)
-        DropoutSchedule(config.dropout_schedule, model, steps_per_epoch=10)
-        assert sum(len(group.names) for group in decay_groups(model, config.optimizer)) == len(
-            [p for p in model.parameters() if p.requires_grad])
+    model = build_model(config.model, config.dataset.num_classes)
+    DropoutSchedule(config.dropout_schedule, model, steps_per_epoch=10)
+    assert sum(len(group.names) for group in decay_groups(model, config.optimizer)) == len(
+        [p for p in model.parameters() if p.requires_grad])
 
 
 def test_seed_recipes_are_the_write_ups_experiments() -> None:
