@@ -63,7 +63,7 @@ def fit(init: str, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict:
             grad_ratio = float(first.grad.norm() / first.detach().norm())
             hook.remove()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     with torch.no_grad():
         final = float(torch.nn.functional.cross_entropy(model(x), y))
     return {"init": init, "loss_before": losses[0], "loss_after": final, "signal_at_conv18": signal,

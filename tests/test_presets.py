@@ -246,6 +246,7 @@ def test_user_presets_are_found_and_can_use_parts(tmp_path: Path, capsys: pytest
     assert "mine (user)" in capsys.readouterr().out
 
 
-def test_config_round_trips_through_plain_data() -> None:
-    config = presets.load("elu18-cifar100")
+@pytest.mark.parametrize("name", ["elu18-cifar100", "resnet18-dropout-cifar100"])
+def test_config_round_trips_through_plain_data(name: str) -> None:
+    config = presets.load(name)  # a run's config.json is this plain data, decay groups included
     assert from_mapping(RunConfig, config.to_dict()) == config
