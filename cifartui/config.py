@@ -80,7 +80,8 @@ class ModelConfig:
         (), "Initial dropout rate of each dropout group (stack); empty keeps the model's own.",
         low=0.0, high=1.0, high_open=True)
     block_dropout: float = setting(
-        0.0, "ResNets: dropout at the input of each identity block.", low=0.0, high=1.0, high_open=True)
+        0.0, "ResNets: dropout on the residual branch's input in each identity block (the shortcut adds "
+        "the undropped input).", low=0.0, high=1.0, high_open=True)
     spatial_dropout: float = setting(
         0.0, "ResNets: channel-wise (spatial) dropout after each identity block's addition.",
         low=0.0, high=1.0, high_open=True)
@@ -88,7 +89,8 @@ class ModelConfig:
         0.0, "Dropout before the classifier (VGG, ResNets).", low=0.0, high=1.0, high_open=True)
     stem_stride: int = setting(1, "ResNet-18/34/50: stride of the first convolution.", low=1, high=2)
     init: Literal["default", "keras"] = setting(
-        "default", "Weight initialization: PyTorch's default or Keras' (Glorot uniform, zero bias).")
+        "default", "Weight initialization: the architecture's own (PyTorch's default; He normal, zero bias "
+        "for the elu-resnets) or Keras' default (Glorot uniform, zero bias).")
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,24 @@ class ScheduleConfig:
     factor: float = setting(0.1, "plateau: factor applied when validation loss stalls.",
                             low=0.0, high=1.0, low_open=True, high_open=True)
     patience: int = setting(10, "plateau: epochs without improvement before reducing.", low=0)
-    threshold: float = setting(1e-4, "plateau: relative improvement that counts.", low=0.0)
+    threshold: float = setting(1e-4, "plateau: improvement that counts (relative for pytorch, absolute for keras).",
+                               low=0.0)
     cooldown: int = setting(0, "plateau: epochs to wait after a reduction.", low=0)
+    plateau_style: Literal["pytorch", "keras"] = setting(
+        "pytorch", "plateau: pytorch reduces after more than `patience` epochs without a relative improvement "
+        "of `threshold`; keras (tf.keras ReduceLROnPlateau) after `patience` such epochs (wait >= patience), "
+        "`threshold` being its absolute min_delta.")
+
+
+@dataclass(frozen=True)
+class DecayGroup:
+    """Weight decay for the parameters whose names match one of the patterns."""
+
+    match: tuple[str, ...] = setting(
+        (), "Shell-style patterns (*, ?, [...]) over parameter names: a layer's name as `cifartui presets NAME` "
+        "lists it, then .weight or .bias (e.g. \"*.shortcut.conv.weight\"); each must match a parameter.")
+    weight_decay: float = setting(0.0, "Decay of the matched parameters, read as optimizer.decay_convention says.",
+                                  low=0.0)
 
 
 @dataclass(frozen=True)
@@ -125,9 +143,18 @@ class OptimizerConfig:
     lr: float = setting(0.01, "Base learning rate.", low=0.0, low_open=True)
     momentum: float = setting(0.0, "SGD and RMSprop momentum.", low=0.0, high=1.0, high_open=True)
     nesterov: bool = setting(False, "SGD: Nesterov momentum.")
-    weight_decay: float = setting(0.0, "L2 weight decay (decoupled for AdamW).", low=0.0)
+    weight_decay: float = setting(
+        0.0, "Weight decay of the parameters no decay group matches, read as decay_convention says "
+        "(decoupled for AdamW).", low=0.0)
     decay_norm_and_bias: bool = setting(
-        True, "Apply weight decay to normalization and bias parameters too.")
+        True, "Apply weight_decay to normalization and bias parameters too (those no decay group matched).")
+    decay_convention: Literal["torch", "keras-l2"] = setting(
+        "torch", "How weight_decay and decay_groups values read: torch adds value * w to the gradient "
+        "(decoupled for AdamW); keras-l2 is Keras' l2(value) regularizer, value * sum(w^2) added to the loss, "
+        "so 2 * value * w in the gradient.")
+    decay_groups: tuple[DecayGroup, ...] = setting(
+        (), "Weight decay per parameter group, in order: the first group with a matching pattern takes a "
+        "parameter; parameters no group matches get weight_decay.")
     betas: tuple[float, ...] = setting((0.9, 0.999), "Adam, AdamW: (beta1, beta2).",
                                        low=0.0, high=1.0, high_open=True)
     eps: float = setting(1e-8, "Adam, AdamW, RMSprop: epsilon.", low=0.0, low_open=True)
@@ -212,9 +239,17 @@ class TrainConfig:
 class Reference:
     """The result the recipe's source reported, drawn as the target."""
 
-    top1: float = setting(0.0, "Reported test top-1 accuracy in percent (0 = none).", low=0.0, high=100.0)
-    top5: float = setting(0.0, "Reported test top-5 accuracy in percent (0 = none).", low=0.0, high=100.0)
+    top1: float = setting(0.0, "Reported top-1 accuracy in percent (0 = none), on the split measured_on names.",
+                          low=0.0, high=100.0)
+    top5: float = setting(0.0, "Reported top-5 accuracy in percent (0 = none).", low=0.0, high=100.0)
     source: str = setting("", "Where the number comes from.")
+    measured_on: Literal["test", "validation"] = setting(
+        "test", "The split the source measured the reported numbers on.")
+    seed: str = setting(
+        "", "The write-up the recipe reproduces, by its file name without .txt (such as "
+        "002_8a402e6c583ba6d9); empty for recipes that reproduce none.")
+    notes: str = setting(
+        "", "What the source leaves open or contradicts, and which reading the recipe follows.")
 
 
 @dataclass(frozen=True)
@@ -334,6 +369,9 @@ def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, str, Any]]:
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rows.append((key, _type_name(tp), f.metadata.get("doc", ""), to_plain(default)))
+            item = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else None
+            if dataclasses.is_dataclass(item):  # a list of tables: document the keys of each table too
+                rows.extend(field_docs(item, key + "[]."))
     return rows
 
 

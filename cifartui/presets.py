@@ -154,10 +154,26 @@ def validate(config: RunConfig, source: str) -> RunConfig:
     if schedule.name in ("onecycle", "triangular") and schedule.max_lr < config.optimizer.lr:
         raise ConfigError(source, "optimizer.schedule.max_lr",
                           f"{schedule.max_lr} is below optimizer.lr ({config.optimizer.lr}); expected max_lr >= lr")
+    if config.optimizer.decay_convention == "keras-l2" and config.optimizer.name == "adamw":
+        raise ConfigError(source, "optimizer.decay_convention", "'keras-l2' is a penalty in the loss, which AdamW's "
+                          "decoupled decay is not; expected optimizer.name 'adam' for Keras' l2 with Adam")
+    for i, group in enumerate(config.optimizer.decay_groups):
+        if not group.match:
+            raise ConfigError(source, f"optimizer.decay_groups[{i}].match", "expected at least one pattern")
     for i, event in enumerate(config.dropout_schedule):
         if event.action in ("set", "add") and not event.rates:
             raise ConfigError(source, f"dropout_schedule[{i}].rates", f"'{event.action}' needs one rate per group")
     return config
+
+
+def seed_recipes() -> dict[str, RunConfig]:
+    """The recipes that reproduce one of the write-ups (`reference.seed` set), by name."""
+    found = {}
+    for name, entry in available().items():
+        config = load(str(entry.path))
+        if config.reference.seed:
+            found[name] = config
+    return found
 
 
 def _parse_value(text: str) -> Any:

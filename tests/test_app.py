@@ -267,9 +267,9 @@ def test_history_opens_a_finished_run_and_compare_ranks_runs(tmp_path: Path) -> 
 
 
 def test_differing_settings_ignores_names_and_finds_changes() -> None:
-    a = {"name": "x", "optimizer": {"lr": 0.1, "name": "sgd"}, "train": {"epochs": 3}}
-    b = {"name": "y", "optimizer": {"lr": 0.2, "name": "sgd"}, "train": {"epochs": 3}}
-    assert differing_settings([a, b]) == ["optimizer.lr"]
+    a = {"name": "x", "optimizer": {"lr": 0.1, "name": "sgd"}, "train": {"epochs": 3}, "reference": {"notes": "a"}}
+    b = {"name": "y", "optimizer": {"lr": 0.2, "name": "sgd"}, "train": {"epochs": 3}, "reference": {"notes": "b"}}
+    assert differing_settings([a, b]) == ["optimizer.lr"]  # a recipe's notes are prose, not a setting
 
 
 def test_following_a_run_written_by_another_process(tmp_path: Path) -> None:

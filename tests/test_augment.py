@@ -78,3 +78,27 @@ def test_augmenter_is_deterministic_given_the_generator() -> None:
     second = augment(x, torch.Generator().manual_seed(5))
     third = augment(x, torch.Generator().manual_seed(6))
     assert torch.equal(first, second) and not torch.equal(first, third)
+
+
+def test_zca_epsilon_is_added_to_the_eigenvalues() -> None:
+    """Whitening with epsilon leaves each principal direction with variance lambda / (lambda + epsilon)."""
+    g = torch.Generator().manual_seed(2)
+    base = torch.rand(3000, 3, 2, 2, generator=g)
+    smooth = torch.nn.functional.interpolate(base, size=4, mode="bilinear", align_corners=False)
+    images = (smooth * 200 + torch.rand(3000, 3, 4, 4, generator=g) * 50).to(torch.uint8)
+    raw = (images.double() / 255).reshape(len(images), -1)
+    eigenvalues = torch.linalg.eigvalsh(torch.cov(raw.T, correction=0))
+    for epsilon in (0.1, 0.01):
+        pre = Preprocessor(("zca",), zca_epsilon=epsilon).fit(images)
+        whitened = pre(images).reshape(len(images), -1).double()
+        got = torch.linalg.eigvalsh(torch.cov(whitened.T, correction=0))
+        expected = eigenvalues / (eigenvalues + epsilon)
+        assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_the_elu_recipe_whitens_with_pylearn2s_epsilon() -> None:
+    from cifartui import presets
+
+    augment = presets.load("elu18-cifar100").augment
+    assert augment.preprocess == ("gcn", "zca") and augment.zca_epsilon == 0.1
+    assert Preprocessor(augment.preprocess, augment.zca_epsilon).zca_epsilon == 0.1

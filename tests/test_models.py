@@ -1,16 +1,23 @@
 """The model registry: shapes, the seeds' parameter counts, dropout groups, summaries."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from cifartui.config import DropoutEvent, ModelConfig
-from cifartui.engine.models import MODELS, ScheduledDropout, build_model, dropout_groups, dropout_rates, summarize
+from cifartui.engine.models import (MODELS, KerasSameConv2d, ModelError, ScheduledDropout, build_model, dropout_groups,
+                                    dropout_rates, summarize)
 from cifartui.engine.schedules import DropoutSchedule
+
+
+# Built once only: their parameter counts are checked for both heads below.
+LARGE = {"elu-resnet50", "elu-resnet110"}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_classifies_32x32_images(name: str) -> None:
-    for classes in (10, 100):
+    for classes in (100,) if name in LARGE else (10, 100):
         model = build_model(ModelConfig(name=name), classes)
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, classes)
 
@@ -41,15 +48,167 @@ def test_elu18_has_18_convolutions_in_7_addressable_stacks() -> None:
     assert any(isinstance(m, torch.nn.ELU) for m in model.modules())
 
 
-def test_seed_resnet_options() -> None:
+def test_generic_resnet_dropout_options() -> None:
     config = ModelConfig(name="resnet18", preact=True, activation="elu", block_dropout=0.5,
                          spatial_dropout=0.5, classifier_dropout=0.3, stem_stride=2)
     model = build_model(config, 100)
     rates = {name: m.rate for g in dropout_groups(model).values() for name, m in g}
     spatial = [m for m in model.modules() if isinstance(m, ScheduledDropout) and m.spatial and m.rate]
-    assert rates["classifier_dropout"] == 0.3 and len(spatial) == 5  # one per identity block: 2 + 1 + 1 + 1
+    # He et al.'s ResNet-18 starts stage 1 with an identity block: 2 + 1 + 1 + 1 of them.
+    assert rates["classifier_dropout"] == 0.3 and len(spatial) == 5
     assert any(isinstance(m, torch.nn.ELU) for m in model.modules())
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 100)
+
+
+# --- ELU-18 (seed 000) -----------------------------------------------------------------------------
+
+# The paper's layer list, as the write-up quotes it: (layers x units x receptive field) per stack.
+ELU18_PAPER = "([1x384x3],[1x384x1,1x384x2,2x640x2],[1x640x1,3x768x2],[1x768x1,2x896x2],[1x896x3,2x1024x2]," \
+              "[1x1024x1,1x1152x2],[1x1152x1],[1x100x1])"
+
+
+def _paper_layers() -> list[tuple[int, int]]:
+    layers = []
+    for stack in ELU18_PAPER.strip("()[]").split("],["):
+        for item in stack.split(","):
+            count, units, field = map(int, item.split("x"))
+            layers += [(units, field)] * count
+    return layers
+
+
+def test_elu18_layers_are_the_papers_list() -> None:
+    model = build_model(ModelConfig(name="elu18"), 100)
+    convolutions = [(m.out_channels, m.kernel_size[0]) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert convolutions + [(classifier[0].out_features, 1)] == _paper_layers()
+    assert convolutions[5] == (640, 1)  # stack 3 opens with a 1x1 layer (the write-up's code has 3x3)
+
+
+def _signal_at_last_convolution(init: str) -> float:
+    """How much of what reaches conv 18 depends on the image: deviation across a batch of GCN'd images."""
+    from cifartui import presets
+    from cifartui.engine.augment import Preprocessor
+    from cifartui.engine.data import make_synthetic
+
+    images = torch.from_numpy(make_synthetic(100, 16, 10, 0).train_images)
+    x = Preprocessor(("gcn",)).fit(images)(images)
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(presets.load("elu18-cifar100").model, init=init), 100).eval()
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    seen = []
+    last.register_forward_hook(lambda _module, _inputs, output: seen.append(output))
+    with torch.no_grad():
+        model(x)
+    return float(seen[0].std(0).mean())
+
+
+def test_elu18_recipe_starts_with_keras_initialization_so_the_image_reaches_the_top() -> None:
+    """Without batch norm, PyTorch's default init shrinks each layer's signal; Glorot keeps it alive."""
+    from cifartui import presets
+
+    assert presets.load("elu18-cifar100").model.init == "keras"
+    glorot, default = _signal_at_last_convolution("keras"), _signal_at_last_convolution("default")
+    assert glorot > 1e-4 and default < 1e-5 and glorot > 100 * default
+
+
+# --- the ELU pre-activation ResNets (seed 002) ---------------------------------------------------
+
+def _keras_resnet_parameters(blocks: tuple[int, ...], classes: int) -> int:
+    """Trainable parameters of the write-up's ResNet_N, counted from its Keras code: convolutions with
+    biases, BatchNormalization's gamma and beta, separate BN for each shortcut, a dense layer on the
+    flattened 2x2 average pooling of the last stage."""
+    def unit(cin: int, cout: int, kernel: int) -> int:  # BN(cin), ELU, Conv2D(cout, kernel) with bias
+        return 2 * cin + kernel * kernel * cin * cout + cout
+
+    total = 3 * 3 * 3 * 64 + 64 + 2 * 64  # stem conv, stem BN
+    channels, size = 64, 16  # the stem has stride 2
+    for index, count in enumerate(blocks):
+        width = 64 * 2 ** index
+        size //= 1 if index == 0 else 2
+        total += unit(channels, width, 3) + unit(width, width, 3) + unit(channels, width, 1)  # conv_blk
+        total += (count - 1) * 2 * unit(width, width, 3)  # ident_blk
+        channels = width
+    features = channels * (size // 2) ** 2
+    return total + features * classes + classes
+
+
+@pytest.mark.parametrize("name, blocks", [("elu-resnet18", (2, 2, 2, 2)), ("elu-resnet20", (3, 3, 3)),
+                                          ("elu-resnet50", (8, 8, 8)), ("elu-resnet110", (18, 18, 18))])
+def test_elu_resnets_have_the_write_ups_parameters(name: str, blocks: tuple[int, ...]) -> None:
+    for classes in (10, 100):
+        model = build_model(ModelConfig(name=name), classes)
+        assert sum(p.numel() for p in model.parameters()) == _keras_resnet_parameters(blocks, classes)
+
+
+def test_elu_resnet18_block_types_per_stage() -> None:
+    """Every stage opens with the projection block (1x1 convolution with its own BN and ELU, no dropout),
+    then identity blocks with dropout; nothing between the last block and the pooling."""
+    model = build_model(ModelConfig(name="elu-resnet18", block_dropout=0.5, spatial_dropout=0.5), 100)
+    kinds = [[type(block).__name__ for block in stage] for stage in model.stages]
+    assert kinds == [["ProjectionBlock", "IdentityBlock"]] * 4
+    for stage in model.stages:
+        projection, identity = stage
+        assert not any(isinstance(m, ScheduledDropout) for m in projection.modules())
+        assert isinstance(projection.shortcut.norm, torch.nn.BatchNorm2d) and projection.shortcut.conv.kernel_size == (1, 1)
+        assert projection.shortcut.norm is not projection.branch[0].norm
+        assert (identity.drop_in.rate, identity.drop_in.spatial, identity.drop_out.rate, identity.drop_out.spatial) == (
+            0.5, False, 0.5, True)
+    assert [stage[0].shortcut.conv.stride[0] for stage in model.stages] == [1, 2, 2, 2]
+    assert list(model.head._modules) == ["pool", "flatten", "dropout", "fc"] and model.head.fc.in_features == 512
+    assert model.stem.conv.stride == (2, 2)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all((m.eps, m.momentum) == (1e-3, 0.1) for m in norms)  # Keras' BatchNormalization(momentum=0.9)
+
+
+def _zero_branch(block: torch.nn.Module) -> None:
+    last_conv = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last_conv.weight.zero_()
+        if last_conv.bias is not None:
+            last_conv.bias.zero_()
+
+
+@pytest.mark.parametrize("name", ["elu-resnet18", "resnet18"])
+def test_block_dropout_drops_the_branch_and_not_the_shortcut(name: str) -> None:
+    """With the residual branch silenced, an identity block in training passes its input through untouched:
+    the dropout acts on the branch's input only (the write-up's ident_blk adds the undropped input)."""
+    preact = name == "resnet18"  # the generic ResNet's pre-activation form adds nothing after the sum
+    model = build_model(ModelConfig(name=name, block_dropout=0.5, preact=preact), 10).train()
+    identity = model.stages[0][1]
+    _zero_branch(identity)
+    x = torch.randn(8, 64, 16, 16)
+    assert identity.drop_in.rate == 0.5
+    assert torch.equal(identity(x), x)
+
+
+def test_elu_resnet_initialization_is_keras_he_normal() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="elu-resnet18"), 10)
+    weight = model.stages[1][1].branch[0].conv.weight.detach()  # 128 -> 128, 3x3: fan_in 1152
+    expected = (2 / 1152) ** 0.5
+    assert abs(float(weight.std()) / expected - 1) < 0.02
+    assert float(weight.abs().max()) <= 2 * expected / 0.87962566103423978 + 1e-6  # truncated at two deviations
+    assert all(not m.bias.detach().any() for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_keras_same_padding_puts_the_odd_pixel_below_and_right() -> None:
+    conv = KerasSameConv2d(1, 1, 3, 2)
+    x = torch.zeros(1, 1, 8, 8, requires_grad=True)
+    out = conv(x)
+    assert out.shape == (1, 1, 4, 4)
+    out[0, 0, 0, 0].backward()
+    rows, cols = torch.nonzero(x.grad[0, 0], as_tuple=True)
+    assert (int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())) == (0, 2, 0, 2)
+
+
+def test_weights_of_another_build_are_refused_with_one_message() -> None:
+    old = build_model(ModelConfig(name="elu18"), 100).state_dict()
+    old["4.weight"] = torch.zeros(384, 384, 3, 3)  # as if an earlier build had another kernel there
+    with pytest.raises(ModelError, match=r"do not fit model 'elu18' .*4\.weight has shape \[384, 384, 3, 3\] in the "
+                       r"checkpoint and \[384, 384, 1, 1\] here.*cannot be resumed"):
+        build_model(ModelConfig(name="elu18"), 100).load_state_dict(old)
+    with pytest.raises(ModelError, match="is missing from the checkpoint"):
+        build_model(ModelConfig(name="cnn3"), 10).load_state_dict({})
 
 
 def test_wrong_number_of_dropout_rates_is_explained() -> None:

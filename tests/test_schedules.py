@@ -61,6 +61,58 @@ def test_reduce_on_plateau_like_keras() -> None:
     assert restored.state_dict() == plateau.state_dict()
 
 
+def _keras_reference(losses: list[float], lr: float, factor: float, patience: int, min_delta: float,
+                     cooldown: int, min_lr: float) -> list[float]:
+    """tf.keras ReduceLROnPlateau.on_epoch_end (TF 2.x, mode min), transcribed: the LR after each epoch."""
+    best, wait, cooldown_counter, out = math.inf, 0, 0, []
+    for current in losses:
+        if cooldown_counter > 0:
+            cooldown_counter -= 1
+            wait = 0
+        if current < best - min_delta:
+            best, wait = current, 0
+        elif not cooldown_counter > 0:
+            wait += 1
+            if wait >= patience and lr > min_lr:
+                lr = max(lr * factor, min_lr)
+                cooldown_counter, wait = cooldown, 0
+        out.append(lr)
+    return out
+
+
+def test_reduce_on_plateau_keras_style_reduces_one_epoch_earlier() -> None:
+    losses = [1.0, 0.9, 0.95, 0.91, 0.92]
+    keras = schedule("plateau", lr=1e-3, factor=0.1, patience=2, min_lr=1e-4, plateau_style="keras")
+    pytorch = schedule("plateau", lr=1e-3, factor=0.1, patience=2, min_lr=1e-4)
+    # Keras: wait >= patience, so the second epoch without improvement reduces; PyTorch waits for the third.
+    assert [keras.observe_validation_loss(loss) for loss in losses] == [False, False, False, True, False]
+    assert [pytorch.observe_validation_loss(loss) for loss in losses] == [False, False, False, False, True]
+    assert (keras.plateau_epochs, pytorch.plateau_epochs) == (2, 3)
+
+
+@pytest.mark.parametrize("cooldown, min_delta", [(0, 1e-4), (2, 1e-4), (1, 0.05)])
+def test_reduce_on_plateau_keras_style_matches_keras_step_for_step(cooldown: int, min_delta: float) -> None:
+    # A loss that improves, stalls, improves by less than min_delta (which Keras does not count), and stalls.
+    losses = [2.0, 1.5, 1.2, 1.2, 1.21, 1.19, 1.1999, 1.25, 1.0, 1.0, 0.99, 0.98, 1.1, 1.1, 1.1, 1.1, 1.1, 1.1]
+    ours = schedule("plateau", lr=1e-3, factor=0.5, patience=2, min_lr=1e-4, threshold=min_delta,
+                    cooldown=cooldown, plateau_style="keras")
+    got = []
+    for loss in losses:
+        ours.observe_validation_loss(loss)
+        got.append(ours.lr_at(0))
+    expected = _keras_reference(losses, 1e-3, 0.5, 2, min_delta, cooldown, 1e-4)
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert expected[-1] == pytest.approx(1e-4) and len(set(expected)) > 2  # the sequence exercised reductions
+
+
+def test_the_write_ups_plateau_recipes_follow_keras() -> None:
+    for name in ("resnet18-dropout-cifar10", "resnet18-dropout-cifar100"):
+        s = presets.load(name).optimizer.schedule
+        # ReduceLROnPlateau(monitor="val_loss", min_lr=1e-4) with Keras' defaults.
+        assert (s.name, s.plateau_style, s.factor, s.patience, s.threshold, s.cooldown, s.min_lr) == (
+            "plateau", "keras", 0.1, 10, 1e-4, 0, 1e-4)
+
+
 def test_elu_paper_dropout_schedule_exactly() -> None:
     config = presets.load("elu18-cifar100")
     model = build_model(config.model, 100)

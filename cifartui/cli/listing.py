@@ -50,10 +50,12 @@ def cmd_presets(args: argparse.Namespace, console: Console) -> int:
         return EXIT_OK
     if args.name:
         return _show_preset(args.name, console)
-    table = Table(title="Presets")
+    # Four columns whose text wraps between words, so the table reads at 80 columns.
+    table = Table(title="Presets", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("name", no_wrap=True)
-    for column in ("dataset", "model", "optimizer", "schedule", "epochs", "reference"):
-        table.add_column(column, overflow="fold")
+    table.add_column("model, data", min_width=14)  # the longest model name and its comma, unbroken
+    table.add_column("optimizer, length")
+    table.add_column("reference")
     problems = []
     for name, entry in presets.available().items():
         try:
@@ -62,12 +64,15 @@ def cmd_presets(args: argparse.Namespace, console: Console) -> int:
             problems.append(str(error))
             continue
         reference = config.reference
-        ref = " / ".join(part for part in (f"top-1 {reference.top1:g}%" if reference.top1 else "",
-                                           f"top-5 {reference.top5:g}%" if reference.top5 else "") if part)
-        steps = f"{config.train.max_steps} it" if config.train.max_steps else str(config.train.epochs)
-        table.add_row(escape(name) + ("" if entry.builtin else " (user)"), config.dataset.name,
-                      escape(config.model.name), config.optimizer.name, config.optimizer.schedule.name, steps,
-                      ref or "-")
+        ref = ", ".join(part for part in (f"{reference.top1:g}%" if reference.top1 else "",
+                                          f"top-5 {reference.top5:g}%" if reference.top5 else "") if part)
+        if ref and reference.measured_on == "validation":
+            ref += " (validation)"
+        steps = (f"{config.train.max_steps / 1000:g}k it" if config.train.max_steps else f"{config.train.epochs} epochs")
+        schedule = config.optimizer.schedule.name
+        optimizer = config.optimizer.name + (f" {schedule}" if schedule != "constant" else "")
+        table.add_row(escape(name) + ("" if entry.builtin else " (user)"), escape(f"{config.model.name}, {config.dataset.name}"),
+                      f"{optimizer}, {steps}", ref or "-")
     console.print(table)
     for part in ("dataset", "model", "optimizer", "augment"):
         names = ", ".join(presets.available(part)) or "-"
@@ -82,6 +87,16 @@ def _show_preset(name: str, console: Console) -> int:
 
     config = presets.load(name)
     console.print(f"[bold]{escape(config.name)}[/]: {escape(config.description)}", highlight=False, soft_wrap=True)
+    reference = config.reference
+    if reference.top1 or reference.top5 or reference.source:
+        reported = ", ".join(part for part in (f"top-1 {reference.top1:g}%" if reference.top1 else "",
+                                               f"top-5 {reference.top5:g}%" if reference.top5 else "") if part)
+        seed = f"; write-up {reference.seed}" if reference.seed else ""
+        console.print(f"[bold]Reference:[/] {reported or 'no number'} on the {reference.measured_on} set, "
+                      f"{escape(reference.source)}{seed}", highlight=False)
+    if reference.notes:
+        console.print(f"[bold]What the recipe follows and assumes:[/] {escape(reference.notes.strip())}",
+                      highlight=False)
     table = Table(show_header=True, title="Resolved configuration")
     table.add_column("key")
     table.add_column("value", overflow="fold")
@@ -94,14 +109,34 @@ def _show_preset(name: str, console: Console) -> int:
             table.add_row(prefix, escape(json.dumps(value)))
     flatten("", config.to_dict())
     console.print(table)
-    summary = summarize(build_model(config.model, config.dataset.num_classes), config.model.name)
+    model = build_model(config.model, config.dataset.num_classes)
+    summary = summarize(model, config.model.name)
     layers = Table(title=f"Model {escape(summary.name)}: {summary.total_parameters:,} parameters")
     for column in ("layer", "kind", "output shape", "parameters"):
         layers.add_column(column, justify="right" if column == "parameters" else "left")
     for row in summary.layers:
         layers.add_row(escape(row.name), escape(row.kind), "x".join(map(str, row.output_shape)), f"{row.parameters:,}")
     console.print(layers)
+    console.print(_decay_table(model, config))
     return EXIT_OK
+
+
+def _decay_table(model: Any, config: RunConfig) -> Table:
+    """Which parameters decay how much: a parameter is named by its layer, then .weight or .bias."""
+    from cifartui.engine.optim import decay_groups
+
+    optimizer = config.optimizer
+    keras = optimizer.decay_convention == "keras-l2"
+    table = Table(title="Weight decay per parameter group" + (" (Keras l2(x): 2x in the gradient)" if keras else ""))
+    for column in ("group", "matches", "tensors", "parameters", "decay in the gradient", "first parameter"):
+        table.add_column(column, justify="right" if column in ("tensors", "parameters") else "left",
+                         overflow="fold")
+    for group in decay_groups(model, optimizer):
+        index = group.label.removeprefix("decay_groups[").removesuffix("]")
+        matches = ", ".join(optimizer.decay_groups[int(index)].match) if index.isdigit() else "-"
+        table.add_row(group.label, matches, str(len(group.names)), f"{group.size:,}", f"{group.weight_decay:g} * w",
+                      group.names[0] if group.names else "-")
+    return table
 
 
 def cmd_runs(args: argparse.Namespace, console: Console) -> int:

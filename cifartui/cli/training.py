@@ -192,10 +192,12 @@ def _discard_if_untrained(run_dir: Path) -> bool:
 def _check_model(config: RunConfig) -> None:
     """Build the model once on the CPU so option mistakes surface before any data is loaded."""
     from cifartui.engine.models import build_model
+    from cifartui.engine.optim import decay_groups
     from cifartui.engine.schedules import DropoutSchedule
 
     model = build_model(config.model, config.dataset.num_classes)
     DropoutSchedule(config.dropout_schedule, model, steps_per_epoch=1)
+    decay_groups(model, config.optimizer)  # every decay pattern matches a parameter
 
 
 def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Console, *, resume: bool,

@@ -9,6 +9,7 @@ saved with the weights.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -131,11 +132,15 @@ def cnn4_dense512(config: ModelConfig, num_classes: int) -> nn.Module:
 
 # --- the 18-conv ELU network of Clevert et al. ----------------------------------------------------
 
-# (units, receptive field) of each layer, stack by stack, as the Keras write-up of the paper gives them.
+# (units, receptive field) of each layer, stack by stack, as the paper's layer list gives them:
+# ([1x384x3], [1x384x1, 1x384x2, 2x640x2], [1x640x1, 3x768x2], [1x768x1, 2x896x2],
+#  [1x896x3, 2x1024x2], [1x1024x1, 1x1152x2], [1x1152x1], [1x100x1]); the last is the classifier.
+# The write-up's Keras code gives stack 3's first layer a 3x3 field where the list says 1x1;
+# the list is the paper's, whose result the recipe reproduces.
 ELU18_STACKS = (
     ((384, 3),),
     ((384, 1), (384, 2), (640, 2), (640, 2)),
-    ((640, 3), (768, 2), (768, 2), (768, 2)),
+    ((640, 1), (768, 2), (768, 2), (768, 2)),
     ((768, 1), (896, 2), (896, 2)),
     ((896, 3), (1024, 2), (1024, 2)),
     ((1024, 1), (1152, 2)),
@@ -209,7 +214,7 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.preact = preact
         identity = stride == 1 and cin == planes * self.expansion
-        # The ECE 472 ResNets put dropout only in identity blocks: before the block and after the sum.
+        # Dropout only in identity blocks: on the residual branch's input and after the sum.
         self.drop_in = ScheduledDropout(block_dropout if identity else 0.0, group)
         self.bn1 = nn.BatchNorm2d(cin if preact else planes)
         self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
@@ -228,13 +233,13 @@ class BasicBlock(nn.Module):
         self.drop_out = ScheduledDropout(spatial_dropout if identity else 0.0, group, spatial=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop_in(x)
+        branch = self.drop_in(x)  # the shortcut carries the undropped input
         if self.preact:
-            pre = self.act1(self.bn1(x))
+            pre = self.act1(self.bn1(branch))
             shortcut = x if isinstance(self.shortcut, nn.Identity) else self.shortcut(pre)
             out = self.conv2(self.act2(self.bn2(self.conv1(pre))))
             return self.drop_out(out + shortcut)
-        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act1(self.bn1(self.conv1(branch)))
         out = self.bn2(self.conv2(out))
         return self.drop_out(self.act2(out + self.shortcut(x)))
 
@@ -265,16 +270,16 @@ class Bottleneck(nn.Module):
         self.drop_out = ScheduledDropout(spatial_dropout if identity else 0.0, group, spatial=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop_in(x)
+        branch = self.drop_in(x)  # the shortcut carries the undropped input
         a1, a2, a3 = self.acts
         if self.preact:
-            pre = a1(self.bn1(x))
+            pre = a1(self.bn1(branch))
             shortcut = x if isinstance(self.shortcut, nn.Identity) else self.shortcut(pre)
             out = self.conv1(pre)
             out = self.conv2(a2(self.bn2(out)))
             out = self.conv3(a3(self.bn3(out)))
             return self.drop_out(out + shortcut)
-        out = a1(self.bn1(self.conv1(x)))
+        out = a1(self.bn1(self.conv1(branch)))
         out = a2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return self.drop_out(a3(out + self.shortcut(x)))
@@ -336,6 +341,129 @@ def _resnet(block: type, blocks: tuple[int, ...], cifar: bool) -> Callable[[Mode
     depth = (3 if block is Bottleneck else 2) * sum(blocks) + 2
     build.__doc__ = (f"CIFAR ResNet-{depth} of He et al. (16/32/64 channels, parameter-free shortcuts)."
                      if cifar else f"ResNet-{depth} adapted to 32x32 (3x3 stem, no max-pool); preact optional.")
+    return build
+
+
+# --- the ELU pre-activation ResNets of the ECE 472 write-up ---------------------------------------
+
+# Keras' BatchNormalization(momentum=0.9) keeps 0.9 of the running average per step: PyTorch's 0.1.
+KERAS_BN_EPSILON, KERAS_BN_MOMENTUM = 1e-3, 0.1
+
+
+class KerasSameConv2d(nn.Conv2d):
+    """Conv2d with Keras' padding='same': output size ceil(input / stride), any odd pixel of padding at
+    the bottom and right (so a stride-2 3x3 convolution of an even-sized map pads 0 above, 1 below)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1):
+        super().__init__(cin, cout, kernel, stride, padding=0, bias=True)  # Keras' Conv2D has a bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size in (x.shape[-1], x.shape[-2]):  # F.pad wants the last dimension first
+            total = max((math.ceil(size / self.stride[0]) - 1) * self.stride[0] + self.kernel_size[0] - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads) if any(pads) else x)
+
+
+class PreactUnit(nn.Sequential):
+    """BatchNormalization, ELU, then a convolution: one step of the write-up's `basic_blk`."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, act: str):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(cin, eps=KERAS_BN_EPSILON, momentum=KERAS_BN_MOMENTUM)
+        self.act = _activation(act)
+        self.conv = KerasSameConv2d(cin, cout, kernel, stride)
+
+
+class ProjectionBlock(nn.Module):
+    """The write-up's `conv_blk`, which starts every stage: a two-unit branch plus a shortcut that has its
+    own BatchNormalization, ELU and 1x1 convolution (stride 1 in the first stage); no dropout."""
+
+    def __init__(self, cin: int, width: int, stride: int, act: str):
+        super().__init__()
+        self.branch = nn.Sequential(PreactUnit(cin, width, 3, stride, act), PreactUnit(width, width, 3, 1, act))
+        self.shortcut = PreactUnit(cin, width, 1, stride, act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.branch(x) + self.shortcut(x)
+
+
+class IdentityBlock(nn.Module):
+    """The write-up's `ident_blk`: dropout on the branch's input only, the undropped input added back,
+    then channel-wise (spatial) dropout after the sum."""
+
+    def __init__(self, width: int, act: str, block_dropout: float, spatial_dropout: float, group: str):
+        super().__init__()
+        self.drop_in = ScheduledDropout(block_dropout, group)
+        self.branch = nn.Sequential(PreactUnit(width, width, 3, 1, act), PreactUnit(width, width, 3, 1, act))
+        self.drop_out = ScheduledDropout(spatial_dropout, group, spatial=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop_out(self.branch(self.drop_in(x)) + x)
+
+
+class EluResNet(nn.Module):
+    """The write-up's `ResNet_N`: a stride-2 3x3 stem with BN and ELU, stages whose widths double from
+    64, each a projection block and then identity blocks, 2x2 average pooling (not global), flatten,
+    dropout and one dense layer. No normalization after the last block. He-normal initialization."""
+
+    def __init__(self, blocks: tuple[int, ...], config: ModelConfig, num_classes: int, image_size: int = 32):
+        super().__init__()
+        act = config.activation if config.activation != "default" else "elu"
+        self.stem = nn.Sequential()
+        self.stem.conv = KerasSameConv2d(3, 64, 3, 2)
+        self.stem.norm = nn.BatchNorm2d(64, eps=KERAS_BN_EPSILON, momentum=KERAS_BN_MOMENTUM)
+        self.stem.act = _activation(act)
+        size, channels, stages = math.ceil(image_size / 2), 64, []
+        for index, count in enumerate(blocks, start=1):
+            width, stride = 64 * 2 ** (index - 1), 1 if index == 1 else 2
+            size = math.ceil(size / stride)
+            layers: list[nn.Module] = [ProjectionBlock(channels, width, stride, act)]
+            layers += [IdentityBlock(width, act, config.block_dropout, config.spatial_dropout, f"stage{index}")
+                       for _ in range(count - 1)]
+            stages.append(nn.Sequential(*layers))
+            channels = width
+        self.stages = nn.Sequential(*stages)
+        pooled = math.ceil(size / 2)
+        self.head = nn.Sequential()
+        self.head.pool = nn.AvgPool2d(2, ceil_mode=True)  # Keras' AveragePooling2D(padding="same")
+        self.head.flatten = nn.Flatten()
+        self.head.dropout = ScheduledDropout(config.classifier_dropout, "classifier")
+        self.head.fc = nn.Linear(channels * pooled * pooled, num_classes)
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                keras_he_normal_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+
+@torch.no_grad()
+def keras_he_normal_(weight: torch.Tensor) -> torch.Tensor:
+    """tf.keras' he_normal: a normal truncated at two deviations, scaled so its deviation is sqrt(2 / fan_in)."""
+    fan_in = weight[0].numel()
+    std = math.sqrt(2.0 / fan_in) / 0.87962566103423978  # the deviation of a unit normal cut at +-2
+    # Redraw what falls outside, as TensorFlow does: the same law as trunc_normal_, many times faster on a CPU.
+    flat = weight.view(-1).normal_(0.0, std)
+    redraw = torch.nonzero(flat.abs() > 2 * std).squeeze(1)
+    while redraw.numel():
+        fresh = torch.empty(redraw.numel(), dtype=weight.dtype, device=weight.device).normal_(0.0, std)
+        flat[redraw] = fresh
+        redraw = redraw[fresh.abs() > 2 * std]
+    return weight
+
+
+def _elu_resnet(blocks: tuple[int, ...]) -> Callable[[ModelConfig, int], nn.Module]:
+    def build(config: ModelConfig, num_classes: int) -> nn.Module:
+        if config.dropout:
+            raise ModelError(f"'{config.name}' takes its rates from model.block_dropout, model.spatial_dropout "
+                             "and model.classifier_dropout; expected model.dropout = []")
+        return EluResNet(blocks, config, num_classes)
+
+    depth = 2 * sum(blocks) + 2
+    build.__doc__ = (f"ELU pre-activation ResNet-{depth} of the ECE 472 write-up ({len(blocks)} stages of "
+                     f"{', '.join(map(str, blocks))} blocks, widths from 64, dropout options).")
     return build
 
 
@@ -421,6 +549,11 @@ MODELS: dict[str, ModelSpec] = {
     "resnet20": ModelSpec(_resnet(BasicBlock, (3, 3, 3), cifar=True)),
     "resnet56": ModelSpec(_resnet(BasicBlock, (9, 9, 9), cifar=True)),
     "resnet110": ModelSpec(_resnet(BasicBlock, (18, 18, 18), cifar=True)),
+    # Depth counts the stem, two convolutions per block and the dense layer, as the write-up names them.
+    "elu-resnet18": ModelSpec(_elu_resnet((2, 2, 2, 2))),
+    "elu-resnet20": ModelSpec(_elu_resnet((3, 3, 3))),
+    "elu-resnet50": ModelSpec(_elu_resnet((8, 8, 8))),
+    "elu-resnet110": ModelSpec(_elu_resnet((18, 18, 18))),
     "speedrun-net": ModelSpec(speedrun_net),
 }
 
@@ -449,7 +582,35 @@ def build_model(config: ModelConfig, num_classes: int) -> nn.Module:
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+    model.register_load_state_dict_pre_hook(_refusing_other_weights(config.name))
     return model
+
+
+def _refusing_other_weights(name: str) -> Callable[..., None]:
+    """A load pre-hook that turns weights of another build of the model into one clear ModelError."""
+
+    def check(module: nn.Module, state_dict: dict, prefix: str, _metadata: dict, strict: bool, *_: object) -> None:
+        if prefix:
+            return
+        expected = module.state_dict()
+        differ = [key for key in expected
+                  if key in state_dict and tuple(state_dict[key].shape) != tuple(expected[key].shape)]
+        missing = [key for key in expected if key not in state_dict] if strict else []
+        extra = [key for key in state_dict if key not in expected] if strict else []
+        if not (differ or missing or extra):
+            return
+        if differ:
+            key = differ[0]
+            first = (f"{key} has shape {list(state_dict[key].shape)} in the checkpoint and "
+                     f"{list(expected[key].shape)} here")
+        else:
+            first = f"{(missing or extra)[0]} is {'missing from' if missing else 'extra in'} the checkpoint"
+        raise ModelError(f"the checkpoint's weights do not fit model '{name}' as this version of cifartui builds "
+                         f"it ({first}; shapes differ for {len(differ)} tensors, {len(missing)} are missing, "
+                         f"{len(extra)} extra): the model changed since the run was trained, so it cannot be "
+                         "resumed or evaluated; train it again")
+
+    return check
 
 
 @dataclass(frozen=True)

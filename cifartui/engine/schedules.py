@@ -126,12 +126,17 @@ class LRSchedule:
         return lr
 
     def observe_validation_loss(self, loss: float) -> bool:
-        """ReduceLROnPlateau, as Keras and PyTorch define it (mode min, relative threshold).
+        """ReduceLROnPlateau on the validation loss (mode min), as PyTorch or tf.keras define it.
 
-        Returns True when this epoch's loss triggered a reduction.
+        PyTorch reduces after more than `patience` epochs without a relative improvement
+        of `threshold`; Keras after `patience` such epochs, one epoch earlier, its
+        `min_delta` (our `threshold`) being absolute. Returns True when this epoch's loss
+        triggered a reduction.
         """
         if self.schedule.name != "plateau":
             return False
+        if self.schedule.plateau_style == "keras":
+            return self._observe_like_keras(loss)
         s = self.schedule
         if loss < self.best_loss * (1 - s.threshold):
             self.best_loss = loss
@@ -146,6 +151,30 @@ class LRSchedule:
             self.cooldown_left = s.cooldown
             self.bad_epochs = 0
             return True
+        return False
+
+    @property
+    def plateau_epochs(self) -> int:
+        """How many epochs without improvement make the plateau schedule reduce the LR."""
+        s = self.schedule
+        return s.patience if s.plateau_style == "keras" else s.patience + 1
+
+    def _observe_like_keras(self, loss: float) -> bool:
+        """tf.keras.callbacks.ReduceLROnPlateau.on_epoch_end, step for step (`bad_epochs` is its `wait`)."""
+        s = self.schedule
+        if self.cooldown_left > 0:
+            self.cooldown_left -= 1
+            self.bad_epochs = 0
+        if loss < self.best_loss - s.threshold:
+            self.best_loss = loss
+            self.bad_epochs = 0
+        elif self.cooldown_left == 0:
+            self.bad_epochs += 1
+            if self.bad_epochs >= s.patience and self.config.lr * self.plateau_scale > s.min_lr:
+                self.plateau_scale *= s.factor
+                self.cooldown_left = s.cooldown
+                self.bad_epochs = 0
+                return True
         return False
 
     def state_dict(self) -> dict:

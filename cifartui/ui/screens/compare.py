@@ -54,7 +54,7 @@ def differing_settings(configs: list[dict]) -> list[str]:
     """Keys whose values are not the same in every config, most telling first (names and notes aside)."""
     flats = [flatten(c) for c in configs]
     keys = set().union(*flats) if flats else set()
-    skip = {"name", "description", "reference.source"}
+    skip = {"name", "description", "reference.source", "reference.notes"}
     differing = [k for k in keys if k not in skip and len({repr(f.get(k)) for f in flats}) > 1]
     rank = {key: i for i, key in enumerate(IMPORTANCE)}
     return sorted(differing, key=lambda k: (rank.get(k, len(rank)), k))
