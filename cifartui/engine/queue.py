@@ -29,6 +29,7 @@ What to run and how to judge results belongs to the clients (sweeps, reproductio
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import json
 import os
@@ -162,8 +163,13 @@ class RunQueue:
         return cls(directory, settings, entries)
 
     @classmethod
-    def open(cls, directory: Path) -> "RunQueue":
-        """Read a queue; an entry whose process is gone reads as interrupted (or finished, if it did)."""
+    def open(cls, directory: Path, *, progress: Callable[[Path], RunProgress] | None = None) -> "RunQueue":
+        """Read a queue; an entry whose process is gone reads as interrupted (or finished, if it did).
+
+        `progress` reads a run's progress from its directory (default: the whole
+        metrics.jsonl); a reader that opens the queue again and again passes a
+        `ProgressTails`, which reads only what each file gained since.
+        """
         directory = Path(directory)
         settings = _read_json(directory / "queue.json", f"is {directory} a queue or sweep directory?")
         if settings.get("format") != QUEUE_FORMAT or not isinstance(settings.get("entries"), list):
@@ -193,10 +199,11 @@ class RunQueue:
         queue = cls(directory, settings, entries)
         driven = is_locked(directory)
         for entry in entries:
-            queue.refresh(entry, driven=driven)
+            queue.refresh(entry, driven=driven, progress=progress or read_progress)
         return queue
 
-    def refresh(self, entry: QueueEntry, *, driven: bool = True) -> None:
+    def refresh(self, entry: QueueEntry, *, driven: bool = True,
+                progress: Callable[[Path], RunProgress] | None = None) -> None:
         """Bring an entry up to date with its run directory: run name, progress, summary.
 
         `driven=False` says nobody drives the queue: a run it shows as running or
@@ -205,7 +212,7 @@ class RunQueue:
         if entry.run_name is None:
             entry.run_name = _find_run_name(entry.directory)
         if entry.run_dir is not None:
-            entry.progress = read_progress(entry.run_dir)
+            entry.progress = (progress or read_progress)(entry.run_dir)
         load_summary(entry)
         if not driven and entry.state not in ENDED_STATES:
             entry.state = self.state_on_disk(entry)
@@ -301,6 +308,29 @@ def read_progress(run_dir: Path) -> RunProgress:
     for event in tail.read_new():
         progress_update(progress, event)
     return progress
+
+
+class ProgressTails:
+    """The progress of runs read again and again (a screen following sweeps): each read takes
+    only the lines a run's metrics.jsonl gained since the last one, so a long run's file is
+    read once, not at every look."""
+
+    def __init__(self) -> None:
+        self._known: dict[Path, tuple[MetricsTail, RunProgress]] = {}
+
+    def __call__(self, run_dir: Path) -> RunProgress:
+        path = Path(run_dir) / "metrics.jsonl"
+        known = self._known.get(path)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0
+        if known is None or size < known[0].offset:  # new, or made afresh (a run that restarted)
+            known = self._known[path] = (MetricsTail(path), RunProgress())
+        tail, progress = known
+        for event in tail.read_new():
+            progress_update(progress, event)
+        return copy.deepcopy(progress)  # the reader's own, so a later read does not change it under it
 
 
 def progress_update(progress: RunProgress, event: Mapping[str, Any]) -> bool:
@@ -754,5 +784,5 @@ def toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as TOML")  # a programming error
 
 
-__all__ = ["RunQueue", "QueueRunner", "QueueEntry", "PlannedRun", "RunProgress", "QueueError", "QueueBusy",
-           "EntryChanged", "EntryEpochEnded", "plan_slots", "child_command", "STATES", "ENDED_STATES"]
+__all__ = ["RunQueue", "QueueRunner", "QueueEntry", "PlannedRun", "RunProgress", "ProgressTails", "QueueError",
+           "QueueBusy", "EntryChanged", "EntryEpochEnded", "plan_slots", "child_command", "STATES", "ENDED_STATES"]
