@@ -689,9 +689,10 @@ class CifarTuiApp(App[int]):
         state = str(status.get("status", "unknown"))
         pid = status.get("pid") if isinstance(status.get("pid"), int) else None
         here = status.get("host") == socket.gethostname()
-        if state == "unknown":
-            # No status.json yet: the other process is still loading its data. Keep reading.
-            panel.process_note = "◉ waiting for the run's status"
+        if state in ("unknown", "starting"):
+            # No status.json yet, or "starting" (its process holds the lock and is still loading its
+            # data or building its model): the run is on its way. Keep reading.
+            panel.process_note = "◉ waiting for the run's status" if state == "unknown" else f"◉ pid {pid}, starting"
             self._set_status(handle, "following")
             return
         if state in ("running", "paused"):
