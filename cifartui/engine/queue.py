@@ -243,7 +243,7 @@ class RunQueue:
         try:
             lock.acquire(patience_s=0.0)
         except RunBusy:
-            raise QueueBusy(f"{self.directory} is being run right now by {_lock_holder(self.directory)}; "
+            raise QueueBusy(f"{self.directory} is being run right now by {lock_holder(self.directory)}; "
                             "one process drives a queue at a time") from None
         self._lock = lock
         return self
@@ -272,7 +272,8 @@ def _read_json(path: Path, hint: str) -> dict[str, Any]:
     return data
 
 
-def _lock_holder(directory: Path) -> str:
+def lock_holder(directory: Path) -> str:
+    """Who holds a queue's or run's lock, as "process PID on HOST" (or "another process")."""
     try:
         data = json.loads((Path(directory) / LOCK_NAME).read_text(encoding="utf-8"))
         return f"process {int(data['pid'])} on {data['host']}"
@@ -561,7 +562,7 @@ class QueueRunner:
                 "pending": "its process ended before a checkpoint; it starts again"}.get(state, "")
 
     def _waiting_message(self, entry: QueueEntry) -> str:
-        return f"its run is being trained by {_lock_holder(entry.run_dir)}" if entry.run_dir else ""
+        return f"its run is being trained by {lock_holder(entry.run_dir)}" if entry.run_dir else ""
 
     def _start(self, entry: QueueEntry, slot: int) -> None:
         device = self.slots[slot]
@@ -785,4 +786,5 @@ def toml_value(value: Any) -> str:
 
 
 __all__ = ["RunQueue", "QueueRunner", "QueueEntry", "PlannedRun", "RunProgress", "ProgressTails", "QueueError",
-           "QueueBusy", "EntryChanged", "EntryEpochEnded", "plan_slots", "child_command", "STATES", "ENDED_STATES"]
+           "QueueBusy", "EntryChanged", "EntryEpochEnded", "plan_slots", "child_command", "lock_holder", "STATES",
+           "ENDED_STATES"]
