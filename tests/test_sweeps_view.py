@@ -425,3 +425,27 @@ def test_sweeps_key_is_in_the_footer_help_and_palette(tmp_path: Path) -> None:
     assert "sweeps" in wide and "quit" in wide
     assert "sweeps" not in narrow and "quit" in narrow  # at 80 columns it leaves room for the first keys
     assert "[b]S[/b]       sweeps" in HELP_TEXT
+
+
+def test_sweep_form_snapshot(snap_compare, tmp_path: Path) -> None:  # noqa: ANN001
+    user_preset(Path(os.environ["CIFARTUI_CONFIG"]))
+    app = make_app(runs_dir=tmp_path / "runs", offer_resume=False)
+
+    async def fill_form(pilot) -> None:  # noqa: ANN001
+        await pilot.press("S")
+        await pilot.pause(0.2)
+        await pilot.press("n")
+        await wait_for(pilot, lambda: app.screen.query("#sweep-recipes"))
+        form = app.screen
+        form.query_one("#sweep-recipes").highlighted = list(form.recipes).index("tiny")
+        await wait_for(pilot, lambda: form.recipe == "tiny")
+        await pilot.click("#vary-1")
+        await pilot.press(*"optimizer.lr=0.01,0.05")
+        await pilot.click("#vary-2")
+        await pilot.press(*"train.batch_size=32,64")
+        await pilot.click("#sweep-seeds")
+        await pilot.press("3")
+        await wait_for(pilot, lambda: form.draft is not None and len(form.draft.runs) == 12)
+        await pilot.pause(0.3)
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=fill_form)

@@ -35,8 +35,8 @@ from cifartui.ui.text import plural
 VARY_LINES = 3
 VARY_EXAMPLES = ("optimizer.lr=0.01,0.05,0.1", "train.batch_size=64,128", "another KEY=V1,V2,... (optional)")
 # (field, label, the option of `cifartui sweep` it stands for, what an empty field means)
-NUMBERS = (("seeds", "seeds", "--seeds", "1"), ("parallel", "at once", "--parallel", "1 per device"),
-           ("epochs", "epochs", "--epochs", "the recipe's"), ("halving", "halving from", "--halving", "off"))
+NUMBERS = (("seeds", "seeds", "--seeds", "1"), ("parallel", "at once", "--parallel", "auto"),
+           ("epochs", "epochs", "--epochs", "recipe"), ("halving", "halving", "--halving", "off"))
 QUICK_RECIPE = "demo-synthetic"
 SHOWN_SETTINGS = 6
 
@@ -133,13 +133,14 @@ class SweepFormScreen(ModalScreen[Path | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="sweep-form"):
-            yield Static("[b]New sweep[/]: one recipe over the values you list, each setting over seeds, "
-                         "several runs at once", id="sweep-form-title")
+            yield Static("[b]New sweep[/]: a recipe over the values you list, each setting over seeds",
+                         id="sweep-form-title")
             with Horizontal(id="sweep-form-body"):
-                yield OptionList(*[Option(name, id=name) for name in self.recipes], id="sweep-recipes")
+                yield OptionList(*[Option(self._recipe_label(name), id=name) for name in self.recipes],
+                                 id="sweep-recipes")
                 with VerticalScroll(id="sweep-choices"):
                     yield Static(id="sweep-recipe-about")
-                    yield Label("vary: KEY=V1,V2,... (every combination is tried; values as --set reads them)")
+                    yield Label("vary KEY=V1,V2,... (every combination is tried)")
                     for index in range(VARY_LINES):
                         yield Input(placeholder=VARY_EXAMPLES[index], id=f"vary-{index + 1}", classes="vary")
                     with Horizontal(id="sweep-numbers"):
@@ -147,11 +148,17 @@ class SweepFormScreen(ModalScreen[Path | None]):
                             with Vertical(classes="sweep-number"):
                                 yield Label(label)
                                 yield Input(placeholder=empty, id=f"sweep-{name}", type="integer")
-                    yield Static(id="sweep-problem")
                     yield Static(id="sweep-preview")
+            yield Static(id="sweep-problem")  # under the fields, always in sight however small the screen
             with Horizontal(classes="buttons"):
                 yield Button("Start (ctrl+s)", variant="primary", id="sweep-start", disabled=True)
                 yield Button("Cancel (esc)", id="sweep-cancel")
+
+    def _recipe_label(self, name: str) -> Text:
+        label = Text(name, no_wrap=True, overflow="ellipsis")
+        if not self.recipes[name].builtin:
+            label.append(" ★", style="bold yellow")  # the user's own preset, as the picker marks it
+        return label
 
     def on_mount(self) -> None:
         recipes = self.query_one("#sweep-recipes", OptionList)
@@ -206,7 +213,7 @@ class SweepFormScreen(ModalScreen[Path | None]):
         problem = self.query_one("#sweep-problem", Static)
         problem.update(Text(self.problem, style="dim" if untouched else "bold red") if self.problem else "")
         self.query_one("#sweep-preview", Static).update(describe_draft(self.draft) if self.draft else
-                                                         Text("Start is off until the mistake above is fixed.",
+                                                         Text("Start is off until the mistake named below is fixed.",
                                                               style="dim"))
         self.query_one("#sweep-start", Button).disabled = self.draft is None
 
