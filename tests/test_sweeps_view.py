@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cifartui.cli import main
-from cifartui.engine.queue import ProgressTails, RunQueue
+from cifartui.engine.queue import ProgressTails, RunQueue, read_progress
 from cifartui.engine.runs import is_locked
 from cifartui.engine.sweep import find_sweeps, rank_settings, read_sweep, sweep_of, sweep_run_dirs, sweep_runs
 from cifartui.ui.app import make_app
@@ -54,7 +54,8 @@ def test_progress_tails_read_only_what_a_run_appended(tmp_path: Path) -> None:
         handle.write(events[epoch_lines[1] + 1][:10])  # a line still being written counts only when complete
     second = tails(run_dir)
     assert second.epochs_done == 2 and first.epochs_done == 1  # each read is the reader's own
-    assert tails._known[metrics][0].offset == len("".join(events[: epoch_lines[1] + 1]).encode())
+    assert second == read_progress(run_dir)  # the same as reading the whole file
+    assert tails._known[metrics][0] == len("".join(events[: epoch_lines[1] + 1]).encode())  # bytes read so far
     metrics.write_text("".join(events[: epoch_lines[0] + 1]))  # the run started afresh: a shorter file
     assert tails(run_dir).epochs_done == 1
 

@@ -141,7 +141,7 @@ def _print_runs(runs_dir: Path, infos: list[Any], console: Console) -> None:
 
 def _print_sweep(sweep_dir: Path, console: Console) -> str:
     """A sweep's runs as one table (their directories live inside the sweep's); a problem, if unreadable."""
-    from cifartui.engine.queue import QueueError
+    from cifartui.engine.queue import ProgressTails, QueueError
     from cifartui.engine.runs import RunDirError
     from cifartui.engine.sweep import format_value, read_sweep
 
@@ -155,7 +155,7 @@ def _print_sweep(sweep_dir: Path, console: Console) -> str:
                         for key, end in zip(keys, ends) if key in settings) or "-"
 
     try:
-        status = read_sweep(sweep_dir)
+        status = read_sweep(sweep_dir, progress=ProgressTails())  # parses only the lines progress needs
     except (QueueError, RunDirError) as error:
         return str(error)
     varied = status.varied
