@@ -142,12 +142,27 @@ def _decay_table(model: Any, config: RunConfig) -> Table:
 def cmd_runs(args: argparse.Namespace, console: Console) -> int:
     from cifartui.engine.runs import default_runs_dir, list_runs
 
+    from cifartui.engine.sweep import find_sweeps
+
     runs_dir = args.runs_dir or default_runs_dir()
     infos, problems = list_runs(runs_dir)
-    if not infos and not problems:
+    sweeps = find_sweeps(runs_dir)
+    if not infos and not problems and not sweeps:
         console.print(f"No runs in {runs_dir}. Start one with: cifartui train demo-synthetic", highlight=False,
                       soft_wrap=True, markup=False)
         return EXIT_OK
+    if infos or problems:
+        _print_runs(runs_dir, infos, console)
+    for sweep_dir in sweeps:
+        problem = _print_sweep(sweep_dir, console)
+        if problem:
+            problems.append(problem)
+    for problem in problems:
+        Console(stderr=True).print(f"[yellow]unreadable run:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
+def _print_runs(runs_dir: Path, infos: list[Any], console: Console) -> None:
     table = Table(title=f"Runs in {escape(str(runs_dir))}", box=box.SIMPLE_HEAD)
     # The run directory's name already holds the UTC start time and the preset.
     table.add_column("run", no_wrap=True)
@@ -157,9 +172,50 @@ def cmd_runs(args: argparse.Namespace, console: Console) -> int:
         table.add_row(escape(info.path.name), escape(info.status), f"{info.epochs_done}/{info.epochs_total}",
                       _pct(info.best_val_top1), _pct(info.test_top1))
     console.print(table)
-    for problem in problems:
-        Console(stderr=True).print(f"[yellow]unreadable run:[/] {escape(problem)}", highlight=False, soft_wrap=True)
-    return EXIT_OK
+
+
+def _print_sweep(sweep_dir: Path, console: Console) -> str:
+    """A sweep's runs as one table (their directories live inside the sweep's); a problem, if unreadable."""
+    from cifartui.engine.queue import ProgressTails, QueueError
+    from cifartui.engine.runs import RunDirError
+    from cifartui.engine.sweep import format_value, read_sweep
+
+    def plural_runs(count: int) -> str:
+        return f"{count} run" + ("" if count == 1 else "s")
+
+    def settings_text(settings: dict[str, Any], keys: list[str]) -> str:
+        """Each varied setting by the last part of its key, unless two keys end alike."""
+        ends = [key.rsplit(".", 1)[-1] for key in keys]
+        return " ".join(f"{end if ends.count(end) == 1 else key}={format_value(settings[key])}"
+                        for key, end in zip(keys, ends) if key in settings) or "-"
+
+    try:
+        status = read_sweep(sweep_dir, progress=ProgressTails())  # parses only the lines progress needs
+    except (QueueError, RunDirError) as error:
+        return str(error)
+    varied = status.varied
+    best = next((result for result in status.ranked if result.best), None)
+    title = (f"Sweep {escape(sweep_dir.name)}: {escape(str(status.plan.get('preset', '')))}, "
+             f"{plural_runs(len(status.runs))}, {status.state}")
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    wide = console.width >= 110  # room for each run's directory (NNN/<run>) beside its settings
+    for column in ("run", "settings", "seed", "status", "epochs", "best val", "test") + (("directory",) if wide else ()):
+        table.add_column(column, no_wrap=True, justify="right" if column in ("seed", "epochs", "best val", "test")
+                         else "left")
+    for entry, run in zip(status.entries, status.runs):
+        row = [entry.key, escape(settings_text(run.settings, varied)), str(run.seed), escape(run.state),
+               f"{run.epochs_done}/{run.epochs}", _pct(run.best_val_top1), _pct(run.test_top1)]
+        if wide:
+            row.append(escape(f"{entry.key}/{entry.run_name}" if entry.run_name else "-"))
+        table.add_row(*row)
+    console.print(table)
+    if best is not None and best.mean is not None:
+        settings = " ".join(f"{key}={format_value(best.settings[key])}" for key in varied if key in best.settings)
+        spread = f" ± {best.std:.2f}" if best.std is not None else ""
+        counted = sum(1 for run in best.runs if run.best_val_top1 is not None)
+        console.print(f"  best: {escape(settings or 'the recipe')}, best val top-1 {best.mean:.2f}{spread}% "
+                      f"over {plural_runs(counted)}", highlight=False, soft_wrap=True)
+    return ""
 
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:

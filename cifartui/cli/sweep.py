@@ -17,7 +17,7 @@ from rich.text import Text
 
 from cifartui.cli.common import EXIT_FAILED, EXIT_OK, SIGNAL_EXIT
 from cifartui.cli.training import preset_options
-from cifartui.config import ConfigError, replace_path
+from cifartui.config import ConfigError
 
 # Options that make the plan; a resumed sweep keeps the plan it has.
 PLAN_OPTIONS = ("preset", "grid", "range", "random", "seeds", "halving", "sets", "epochs", "dataset", "model",
@@ -85,74 +85,26 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
 
 def _plan(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any], str]:
     """The plan and its runs, every one validated; nothing is written yet."""
-    from cifartui import presets
     from cifartui.cli.training import _check_model, _config_from_args
-    from cifartui.engine.queue import PlannedRun
-    from cifartui.engine.sweep import apply_settings, check_varied, expand, parse_grid, parse_range
+    from cifartui.engine.sweep import SweepRequest, plan_sweep
 
     base = _config_from_args(args)  # the recipe with the options of train, as `train` would build it
-    grids = [parse_grid(text) for text in args.grid]
-    ranges = [parse_range(text) for text in args.range]
-    if args.random is not None and args.random < 1:
-        raise ConfigError("--random", str(args.random), "expected a positive number of settings to draw")
-    if ranges and args.random is None:
-        raise ConfigError("--range", ranges[0].key, "needs --random N: how many settings to draw")
-    if args.random is not None and not (grids or ranges):
-        raise ConfigError("--random", str(args.random), "needs --range or --grid: what to draw")
-    if args.seeds is not None and args.seeds < 1:
-        raise ConfigError("--seeds", str(args.seeds), "expected a positive number of seeds")
-    if args.seeds is not None and args.seed is not None:
-        raise ConfigError("--seed", str(args.seed), "conflicts with --seeds K, which trains seeds 0..K-1")
-    if not grids and not ranges and (args.seeds or 1) == 1:
-        raise ConfigError("sweep", "", "nothing to sweep: give --grid KEY=V1,V2,..., --random N with "
-                          "--range KEY=LOW:HIGH, or --seeds K")
     explicit = {text.partition("=")[0].strip(): "--set" for text in args.sets}
     for option, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("lr", "optimizer.lr")):
         if getattr(args, option) is not None:
             explicit[key] = "--" + option.replace("_", "-")
-    for spec, source in [(g, "--grid") for g in grids] + [(r, "--range") for r in ranges]:
-        if spec.key in explicit:
-            raise ConfigError(source, spec.key, f"also set by {explicit[spec.key]}; set it one way")
-    check_varied(base, grids, ranges)
-    if args.halving is not None:
-        if args.halving < 1:
-            raise ConfigError("--halving", str(args.halving), "expected the first rung in epochs, at least 1")
-        if base.dataset.val_fraction <= 0:
-            raise ConfigError("--halving", "dataset.val_fraction", "successive halving compares validation "
-                              "accuracy; expected a validation split (dataset.val_fraction > 0)")
-
-    settings = expand(grids, ranges, args.random, base=base)
-    seeds = list(range(args.seeds)) if args.seeds is not None else [base.train.seed]
-    runs, checked_models = [], {repr(base.model)}
-    source = "--range" if ranges else "--grid"
-    for seed in seeds:  # every setting's first seed first, so that the ranking fills in early
-        for setting in settings:
-            config = apply_settings(base, setting, source)
-            config = replace_path(config, "train.seed", seed, "--seeds")
-            config = presets.validate(config, source)
-            if repr(config.model) not in checked_models:
-                _check_model(config)
-                checked_models.add(repr(config.model))
-            runs.append(PlannedRun(config, {"settings": setting, "seed": seed}))
-    if args.halving is not None and not any(args.halving < run.config.train.epochs for run in runs):
-        raise ConfigError("--halving", str(args.halving), f"the first rung (epoch {args.halving}) is not before "
-                          "the end of the runs; expected a smaller one")
-    plan = {"preset": base.name, "varied": [spec.key for spec in grids + ranges],
-            "grid": {g.key: list(g.values) for g in grids},
-            "range": {r.key: {"low": r.low, "high": r.high, "log": r.log} for r in ranges},
-            "random": args.random, "seeds": seeds, "halving": args.halving, "runs": len(runs)}
+    request = SweepRequest(grids=tuple(args.grid), ranges=tuple(args.range), random=args.random, seeds=args.seeds,
+                           halving=args.halving, seed=args.seed, explicit=explicit)
+    plan, runs = plan_sweep(base, request, check_model=_check_model)
     return plan, runs, base.train.device
 
 
 def _create(args: argparse.Namespace, plan: dict[str, Any], runs: list[Any], device: str) -> Any:
-    from cifartui.engine.queue import RunQueue
-    from cifartui.engine.runs import default_runs_dir, new_run_dir
-    from cifartui.engine.sweep import write_plan
+    from cifartui.engine.runs import default_runs_dir
+    from cifartui.engine.sweep import create_sweep
 
-    directory = new_run_dir(args.runs_dir or default_runs_dir(), f"sweep-{plan['preset']}")
-    write_plan(directory, plan)
-    queue = RunQueue.create(directory, runs, kind="sweep", device=device, parallel=args.parallel,
-                            devices=args.devices, data_dir=args.data_dir)
+    queue = create_sweep(args.runs_dir or default_runs_dir(), plan, runs, device=device, parallel=args.parallel,
+                         devices=args.devices, data_dir=args.data_dir)
     return queue.lock()
 
 

@@ -17,12 +17,12 @@ import math
 import random
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from cifartui.config import ConfigError, RunConfig, replace_path, to_plain
-from cifartui.engine.queue import QueueEntry, QueueError, load_summary
+from cifartui.engine.queue import PlannedRun, QueueEntry, QueueError, RunQueue, load_summary
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -205,6 +205,100 @@ def expand(grids: Sequence[Grid], ranges: Sequence[Range] = (), random_count: in
     return settings
 
 
+# Planning ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """What to sweep, as `cifartui sweep` and the app's form take it (the texts of --grid and --range).
+
+    `seed` is a seed given for every run (`--seed`), which --seeds would contradict;
+    `explicit` names the settings the options of train already set, and the option
+    that set each, so that a sweep cannot vary them as well.
+    """
+
+    grids: tuple[str, ...] = ()
+    ranges: tuple[str, ...] = ()
+    random: int | None = None
+    seeds: int | None = None
+    halving: int | None = None
+    seed: int | None = None
+    explicit: Mapping[str, str] = field(default_factory=dict)
+
+
+def plan_sweep(base: RunConfig, request: SweepRequest, *,
+               check_model: Callable[[RunConfig], None] | None = None) -> tuple[dict[str, Any], list[PlannedRun]]:
+    """The plan and its runs, every one validated as `--set` validates; nothing is written.
+
+    A mistake is a ConfigError naming the option, the key and the value. `check_model`
+    builds a model the base recipe does not use (a varied model), so that a model that
+    cannot be built is refused before any run starts; it is the caller's, since
+    building a model needs PyTorch and planning does not.
+    """
+    from cifartui import presets
+
+    grids = [parse_grid(text) for text in request.grids]
+    ranges = [parse_range(text) for text in request.ranges]
+    if request.random is not None and request.random < 1:
+        raise ConfigError("--random", str(request.random), "expected a positive number of settings to draw")
+    if ranges and request.random is None:
+        raise ConfigError("--range", ranges[0].key, "needs --random N: how many settings to draw")
+    if request.random is not None and not (grids or ranges):
+        raise ConfigError("--random", str(request.random), "needs --range or --grid: what to draw")
+    if request.seeds is not None and request.seeds < 1:
+        raise ConfigError("--seeds", str(request.seeds), "expected a positive number of seeds")
+    if request.seeds is not None and request.seed is not None:
+        raise ConfigError("--seed", str(request.seed), "conflicts with --seeds K, which trains seeds 0..K-1")
+    if not grids and not ranges and (request.seeds or 1) == 1:
+        raise ConfigError("sweep", "", "nothing to sweep: give --grid KEY=V1,V2,..., --random N with "
+                          "--range KEY=LOW:HIGH, or --seeds K")
+    for spec, source in [(g, "--grid") for g in grids] + [(r, "--range") for r in ranges]:
+        if spec.key in request.explicit:
+            raise ConfigError(source, spec.key, f"also set by {request.explicit[spec.key]}; set it one way")
+    check_varied(base, grids, ranges)
+    if request.halving is not None:
+        if request.halving < 1:
+            raise ConfigError("--halving", str(request.halving), "expected the first rung in epochs, at least 1")
+        if base.dataset.val_fraction <= 0:
+            raise ConfigError("--halving", "dataset.val_fraction", "successive halving compares validation "
+                              "accuracy; expected a validation split (dataset.val_fraction > 0)")
+
+    settings = expand(grids, ranges, request.random, base=base)
+    seeds = list(range(request.seeds)) if request.seeds is not None else [base.train.seed]
+    runs, checked_models = [], {repr(base.model)}
+    source = "--range" if ranges else "--grid"
+    for seed in seeds:  # every setting's first seed first, so that the ranking fills in early
+        for setting in settings:
+            config = apply_settings(base, setting, source)
+            config = replace_path(config, "train.seed", seed, "--seeds")
+            config = presets.validate(config, source)
+            if repr(config.model) not in checked_models:
+                if check_model is not None:
+                    check_model(config)
+                checked_models.add(repr(config.model))
+            runs.append(PlannedRun(config, {"settings": setting, "seed": seed}))
+    if request.halving is not None and not any(request.halving < run.config.train.epochs for run in runs):
+        raise ConfigError("--halving", str(request.halving), f"the first rung (epoch {request.halving}) is not "
+                          "before the end of the runs; expected a smaller one")
+    plan = {"preset": base.name, "varied": [spec.key for spec in grids + ranges],
+            "grid": {g.key: list(g.values) for g in grids},
+            "range": {r.key: {"low": r.low, "high": r.high, "log": r.log} for r in ranges},
+            "random": request.random, "seeds": seeds, "halving": request.halving, "runs": len(runs)}
+    return plan, runs
+
+
+def create_sweep(runs_dir: Path, plan: Mapping[str, Any], runs: Sequence[PlannedRun], *, device: str,
+                 parallel: int | None = None, devices: str | None = None,
+                 data_dir: Path | None = None) -> RunQueue:
+    """Write a new sweep directory in `runs_dir`: the plan, then the queue (not locked)."""
+    from cifartui.engine.runs import new_run_dir
+
+    directory = new_run_dir(runs_dir, f"sweep-{plan['preset']}")
+    write_plan(directory, plan)
+    return RunQueue.create(directory, runs, kind="sweep", device=device, parallel=parallel, devices=devices,
+                           data_dir=data_dir)
+
+
 # Early stopping ------------------------------------------------------------------------------
 
 
@@ -370,6 +464,146 @@ def read_plan(directory: Path) -> dict[str, Any]:
     return plan
 
 
+# Reading sweeps --------------------------------------------------------------------------------
+
+PLAN_FILE = "sweep.json"
+DRIVER_LOG = "sweep.log"  # the output of a sweep process started in the background (by the app)
+TRASH = ".trash"
+
+
+def is_sweep_dir(directory: Path) -> bool:
+    return (Path(directory) / PLAN_FILE).is_file()
+
+
+def find_sweeps(runs_dir: Path) -> list[Path]:
+    """The sweep directories in a runs directory, newest first (their names start with the UTC time)."""
+    root = Path(runs_dir)
+    try:
+        children = sorted(root.iterdir(), reverse=True) if root.is_dir() else []
+    except OSError:
+        return []
+    found = []
+    for child in children:
+        try:
+            if child.name != TRASH and child.is_dir() and is_sweep_dir(child):
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
+def sweep_run_dirs(sweep_dir: Path) -> list[tuple[str, Path]]:
+    """(entry key, run directory) of each run of a sweep that has one yet, in queue order.
+
+    Only names are read, no metrics: listings of every run (history, `cifartui runs`)
+    read each run's own files anyway.
+    """
+    try:
+        keys = json.loads((Path(sweep_dir) / "queue.json").read_text(encoding="utf-8")).get("entries", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    found = []
+    for key in keys if isinstance(keys, list) else []:
+        if not isinstance(key, str) or not key.isdigit():
+            continue
+        try:
+            names = sorted(child.name for child in (Path(sweep_dir) / key).iterdir()
+                           if child.is_dir() and (child / "config.json").is_file())
+        except OSError:
+            continue
+        if names:
+            found.append((key, Path(sweep_dir) / key / names[-1]))
+    return found
+
+
+def sweep_of(run_dir: Path) -> Path | None:
+    """The sweep directory a run belongs to (runs/<sweep>/<NNN>/<run>), or None for a run of its own."""
+    parent = Path(run_dir).parent
+    if parent.name.isdigit() and is_sweep_dir(parent.parent):
+        return parent.parent
+    return None
+
+
+@dataclass(frozen=True)
+class SweepStatus:
+    """A sweep as its files say now, whichever process drives it (or none)."""
+
+    directory: Path
+    plan: dict[str, Any]
+    entries: tuple[QueueEntry, ...]
+    driven: bool  # a process drives it now: it holds the sweep directory's lock
+    runs: tuple[SweepRun, ...]
+    ranked: tuple[SettingResult, ...]
+
+    @property
+    def varied(self) -> list[str]:
+        return [str(key) for key in self.plan.get("varied", [])]
+
+    @property
+    def state(self) -> str:
+        """running (driven now), finished, failed (a run failed), pending (never started) or interrupted."""
+        if self.driven:
+            return "running"
+        states = {run.state for run in self.runs}
+        if states <= {"finished", "failed", "stopped"}:
+            return "failed" if "failed" in states else "finished"
+        if states == {"pending"}:
+            return "pending"
+        return "interrupted"
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for run in self.runs:
+            counts[run.state] = counts.get(run.state, 0) + 1
+        return counts
+
+
+def read_sweep(directory: Path, *, progress: Callable[[Path], Any] | None = None) -> SweepStatus:
+    """What a sweep directory holds now, ranked; a QueueError naming the file when it is damaged.
+
+    `progress` is passed to `RunQueue.open` (a `ProgressTails` reads only what each
+    run's metrics gained since the last look).
+    """
+    from cifartui.engine.runs import is_locked
+
+    directory = Path(directory)
+    plan = read_plan(directory)
+    queue = RunQueue.open(directory, progress=progress)
+    runs = sweep_runs(queue.entries)
+    return SweepStatus(directory, plan, tuple(queue.entries), is_locked(directory), tuple(runs),
+                       tuple(rank_settings(runs)))
+
+
+def drive_in_background(directory: Path, *, python: str = sys.executable) -> Any:
+    """Start `cifartui sweep --resume DIRECTORY` in a session of its own, its output in sweep.log.
+
+    The process outlives whoever started it (the app may quit; the sweep goes on) and
+    takes the sweep's lock, so a second driver is refused as on the command line.
+    Returns the subprocess.Popen; the caller reaps it.
+    """
+    import subprocess
+
+    directory = Path(directory)
+    command = [python, "-m", "cifartui.cli", "sweep", "--resume", str(directory)]
+    with (directory / DRIVER_LOG).open("ab") as output:
+        output.write(f"$ {' '.join(command)}\n".encode())
+        output.flush()
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def last_log_line(directory: Path) -> str:
+    """The last line a background sweep process wrote, e.g. why it stopped at once."""
+    try:
+        lines = (Path(directory) / DRIVER_LOG).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    lines = [line.strip() for line in lines if line.strip() and not line.startswith("$ ")]
+    return lines[-1] if lines else ""
+
+
 __all__ = ["Grid", "Range", "parse_grid", "parse_range", "parse_value", "split_values", "check_varied",
            "apply_settings", "expand", "SuccessiveHalving", "SweepRun", "SettingResult", "sweep_runs",
-           "rank_settings", "format_value", "write_plan", "read_plan"]
+           "rank_settings", "format_value", "write_plan", "read_plan", "SweepRequest", "plan_sweep",
+           "create_sweep", "find_sweeps", "sweep_run_dirs", "sweep_of", "is_sweep_dir", "SweepStatus",
+           "read_sweep", "drive_in_background", "last_log_line", "DRIVER_LOG"]

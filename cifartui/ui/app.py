@@ -46,6 +46,7 @@ from cifartui.ui.screens.dialogs import ConfirmScreen, HelpScreen, ResumeOfferSc
 from cifartui.ui.screens.history import HistoryScreen
 from cifartui.ui.screens.inspect import InspectScreen
 from cifartui.ui.screens.picker import PickerScreen
+from cifartui.ui.screens.sweeps import SweepsScreen
 from cifartui.ui.text import plural
 from cifartui.ui.widgets.charts import SMOOTHING_STEPS, X_AXES, MetricChart
 from cifartui.ui.widgets.footer import KeyFooter
@@ -113,6 +114,7 @@ class CifarTuiApp(App[int]):
         Binding("r", "resume_run", "Resume", show=False),
         Binding("h", "history", "History"),
         Binding("v", "compare", "Compare"),
+        Binding("S", "sweeps", "Sweeps"),
         Binding("i", "inspect", "Inspect"),
         Binding("z", "chart_view", "Charts"),
         Binding("w", "close_tab", "Close tab", show=False),
@@ -131,7 +133,8 @@ class CifarTuiApp(App[int]):
     # Compare or Inspect they would act on a run out of sight, and their footers stay short.
     RUN_SCREEN_ACTIONS = frozenset({
         "new_run", "toggle_pause", "stop_run", "checkpoint", "resume_run", "history", "inspect", "chart_view",
-        "close_tab", "smoothing", "log_scale", "x_axis", "system_graphs", "next_tab", "previous_tab", "show_tab"})
+        "close_tab", "smoothing", "log_scale", "x_axis", "system_graphs", "next_tab", "previous_tab", "show_tab",
+        "sweeps"})
 
     def __init__(self, *, runs_dir: Path | None = None, data_dir: Path | None = None,
                  trainer_factory: TrainerFactory | None = None, initial: Iterable[RunConfig] = (),
@@ -276,6 +279,8 @@ class CifarTuiApp(App[int]):
         yield SystemCommand("Previous tab", "Show the previous run's tab ([)", self.action_previous_tab)
         yield SystemCommand("History", "Browse, open, follow, resume and compare runs (h)", self.action_history)
         yield SystemCommand("Compare runs", "One metric across runs, ranked (v)", self.action_compare)
+        yield SystemCommand("Sweeps", "Start a sweep, follow its queue and ranking, open its runs (S)",
+                            self.action_sweeps)
         yield SystemCommand("Inspect run", "Confusion matrix, accuracy per class, mistakes, model (i)",
                             self.action_inspect)
         yield SystemCommand("Full-screen charts", "The focused run's charts with a cursor and values (z)",
@@ -596,6 +601,9 @@ class CifarTuiApp(App[int]):
     def action_compare(self) -> None:
         self.push_screen(CompareScreen(self.compared_runs()))
 
+    def action_sweeps(self) -> None:
+        self.push_screen(SweepsScreen(self.runs_dir, self.data_dir))
+
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
@@ -778,8 +786,9 @@ class CifarTuiApp(App[int]):
             self._set_status(handle, "failed")
             return
         if state in ("unknown", "starting"):
-            # No status.json yet: the other process is still loading its data. Keep reading.
-            panel.process_note = "◉ waiting for the run's status"
+            # No status.json yet, or "starting" (its process holds the lock and is still loading its
+            # data or building its model): the run is on its way. Keep reading.
+            panel.process_note = "◉ waiting for the run's status" if state == "unknown" else f"◉ pid {pid}, starting"
             self._set_status(handle, "following")
             return
         if state in ("running", "paused"):

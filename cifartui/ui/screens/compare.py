@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from rich.text import Text
 from textual import on
@@ -136,11 +136,15 @@ class CompareScreen(Screen[None]):
         Binding("d,delete", "remove", "Remove"),
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("g", "reload", "Reload", show=False),
+        Binding("c", "colour_by", "Colour by"),
     ]
 
-    def __init__(self, run_dirs: list[Path]) -> None:
+    def __init__(self, run_dirs: list[Path], *, colour_keys: Sequence[str] = ()) -> None:
         super().__init__()
         self.run_dirs = list(run_dirs)
+        # Settings the runs may be coloured by (a sweep's varied keys): runs with the same value share a colour.
+        self.colour_keys = list(colour_keys)
+        self.colour_by: str | None = self.colour_keys[0] if self.colour_keys else None
         self.metric = "val_top1"
         self.hidden: set[Path] = set()
         self.pinned: set[Path] = set()
@@ -206,6 +210,8 @@ class CompareScreen(Screen[None]):
         if len(set(labels.values())) < len(labels):  # the same settings twice: the directory tells them apart
             labels = {p: f"{label} ({p.name[:15]})" for p, label in labels.items()}
         colours = {s.path: PALETTE[i % len(PALETTE)] for i, s in enumerate(summaries)}
+        if self.colour_by is not None:
+            colours = self._colours_by_setting(summaries)
         needle = self.filter_text.lower()
         shown = [s for s in summaries if not needle or needle in labels[s.path].lower() or needle in s.path.name.lower()
                  or any(needle in str(v).lower() for v in flatten(s.config).values())]
@@ -232,10 +238,40 @@ class CompareScreen(Screen[None]):
         else:
             note = Text(f"{plural(len(shown), 'run')}, labelled by what differs; ranked by best validation top-1"
                         + (f"; filter '{self.filter_text}'" if self.filter_text else "") + ".")
+        if self.colour_by is not None:
+            note.append(f"\nColoured by {self.colour_by}" + (" (c: the next varied setting)"
+                                                              if len(self.colour_keys) > 1 else "") + ": ")
+            for value, colour in self._value_colours(summaries).items():
+                note.append("■ ", style=colour)
+                note.append(f"{value}  ")
         if len(datasets) > 1:
             note.append(f"\n⚠ These runs train on different datasets ({', '.join(datasets)}): "
                         "their accuracies do not rank against each other.", style="bold yellow")
         self.query_one("#compare-note", Static).update(note)
+
+    def _value_colours(self, summaries: list[RunSummary]) -> dict[str, str]:
+        """A colour for each value of the setting runs are coloured by, in the order the runs come."""
+        colours: dict[str, str] = {}
+        for summary in summaries:
+            value = _setting_text(self.colour_by or "", flatten(summary.config).get(self.colour_by or ""))
+            colours.setdefault(value, PALETTE[len(colours) % len(PALETTE)])
+        return colours
+
+    def _colours_by_setting(self, summaries: list[RunSummary]) -> dict[Path, str]:
+        by_value = self._value_colours(summaries)
+        return {s.path: by_value[_setting_text(self.colour_by or "", flatten(s.config).get(self.colour_by or ""))]
+                for s in summaries}
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "colour_by":
+            return bool(self.colour_keys)  # only for runs that vary settings, such as a sweep's
+        return True
+
+    def action_colour_by(self) -> None:
+        if self.colour_keys:
+            index = self.colour_keys.index(self.colour_by) if self.colour_by in self.colour_keys else -1
+            self.colour_by = self.colour_keys[(index + 1) % len(self.colour_keys)]
+            self.action_reload(force=True)
 
     def _fill_table(self, ranked: list[RunSummary], differing: list[str], labels: dict[Path, str],
                     colours: dict[Path, str]) -> None:

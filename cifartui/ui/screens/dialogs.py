@@ -89,6 +89,7 @@ HELP_TEXT = """\
   [b]h[/b]       history: open (enter), follow (f), resume (r), compare (a), sort (s),
           filter (/), note (e), rename (R), delete (d; u restores, x empties the trash)
   [b]v[/b]       compare runs: space hides a run, p pins it, d removes it, / filters
+  [b]S[/b]       sweeps: start (n), follow the ranking, open a run (enter), compare (v)
   [b]i[/b]       inspect the focused run: confusion matrix, accuracy per class, mistakes
   [b]?[/b] [b]F1[/b]    this help      [b]q[/b] [b]F10[/b]  quit (asks while runs train; each writes a checkpoint)
 

@@ -7,6 +7,7 @@ that a process is training is neither deleted nor renamed.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,6 +22,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Header, Input, Static
 
 from cifartui.engine.runs import RunDirError, read_config, read_metrics, read_status
+from cifartui.engine.sweep import is_sweep_dir, sweep_of, sweep_run_dirs
 from cifartui.ui.screens.dialogs import ConfirmScreen, TextPromptScreen
 from cifartui.ui.text import plural
 from cifartui.ui.widgets.footer import KeyFooter
@@ -29,7 +31,7 @@ TRASH = ".trash"
 NOTE_FILE = "note.txt"
 # Sort orders the s key steps through: (column, newest or biggest first).
 SORTS = (("started", True), ("best val", True), ("test", True), ("duration", True), ("run", False),
-         ("status", False))
+         ("status", False), ("sweep", False))
 COLUMNS = ("run", "status", "model", "optimizer", "augmentation", "epochs", "best val", "test", "started",
            "duration", "note")
 LIVE = ("running", "paused")
@@ -83,6 +85,7 @@ class HistoryRow:
     started: datetime
     duration: float | None
     note: str
+    sweep: str = ""  # "<sweep directory> #<run's place in its queue>" for a run of a sweep
 
     def cells(self) -> list[Any]:
         styles = {"running": "green", "paused": "yellow", "failed": "red", "interrupted": "magenta",
@@ -95,7 +98,7 @@ class HistoryRow:
     def sort_key(self, column: str) -> Any:
         return {"started": self.started.timestamp(), "best val": self.best_val if self.best_val is not None else -1,
                 "test": self.test if self.test is not None else -1, "duration": self.duration or 0,
-                "run": self.path.name, "status": self.status}[column]
+                "run": self.path.name, "status": self.status, "sweep": self.sweep}[column]
 
 
 def read_row(path: Path) -> HistoryRow:
@@ -191,6 +194,12 @@ class HistoryScreen(Screen[None]):
                         # Listed all the same, so that it can be seen, deleted or repaired.
                         problems.append(str(error))
                         rows.append(broken_row(child))
+                elif child.name != TRASH and is_sweep_dir(child):  # a sweep's runs live inside it
+                    for key, run_dir in sweep_run_dirs(child):
+                        try:
+                            rows.append(dataclasses.replace(read_row(run_dir), sweep=f"{child.name} #{key}"))
+                        except RunDirError as error:
+                            problems.append(str(error))
         self.rows, self.problems = rows, problems
 
     def trash_count(self) -> int:
@@ -208,14 +217,23 @@ class HistoryScreen(Screen[None]):
         rows = sorted(self.rows, key=lambda row: row.sort_key(column), reverse=descending)
         needle = self.filter_text.lower()
         if needle:
-            rows = [row for row in rows if any(needle in str(cell).lower() for cell in row.cells())]
-        table.clear()
+            rows = [row for row in rows if needle in row.sweep.lower() or any(needle in str(cell).lower()
+                                                                              for cell in row.cells())]
+        with_sweeps = any(row.sweep for row in self.rows)
+        table.clear(columns=with_sweeps != ("sweep" in table.columns))
+        if not table.columns:  # the sweep column is there only when some run belongs to a sweep
+            for column in COLUMNS[:1] + (("sweep",) if with_sweeps else ()) + COLUMNS[1:]:
+                table.add_column(column, key=column)
+            table.add_column("", key="compared")
         self.paths.clear()
         compared = {str(p) for p in getattr(self.app, "comparison", [])}
         for row in rows:
             key = str(row.path)
             self.paths[key] = row.path
-            table.add_row(*row.cells(), "compared" if key in compared else "", key=key)
+            cells = row.cells()
+            if with_sweeps:
+                cells.insert(1, row.sweep)
+            table.add_row(*cells, "compared" if key in compared else "", key=key)
         if selected is not None and str(selected) in self.paths:
             table.move_cursor(row=table.get_row_index(str(selected)), animate=False)
         total = len(self.rows)
@@ -303,6 +321,8 @@ class HistoryScreen(Screen[None]):
 
     def _busy(self, path: Path) -> str | None:
         """Why a run must not be moved now, if it must not."""
+        if (sweep := sweep_of(path)) is not None:
+            return f"{path.name} belongs to the sweep {sweep.name}, whose queue names it; it stays where it is."
         status = read_status(path)
         if status.get("status") in LIVE:
             return f"{path.name} is being trained by process {status.get('pid')}; stop it first."
