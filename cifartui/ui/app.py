@@ -39,11 +39,13 @@ from cifartui.engine.runs import (RunDirError, default_runs_dir, list_runs, new_
                                   well_formed_event)
 from cifartui.ui.messages import RunEvent
 from cifartui.ui.screens.chart_view import ChartScreen
+from cifartui.ui.screens.branch import start_branch
 from cifartui.ui.screens.compare import CompareScreen
 from cifartui.ui.screens.dialogs import ConfirmScreen, HelpScreen, ResumeOfferScreen
 from cifartui.ui.screens.history import HistoryScreen
 from cifartui.ui.screens.inspect import InspectScreen
 from cifartui.ui.screens.picker import PickerScreen
+from cifartui.ui.screens.settings_form import open_for_run
 from cifartui.ui.text import plural
 from cifartui.ui.widgets.charts import SMOOTHING_STEPS, X_AXES, MetricChart
 from cifartui.ui.widgets.footer import KeyFooter
@@ -107,6 +109,8 @@ class CifarTuiApp(App[int]):
         Binding("p", "toggle_pause", "Pause"),
         Binding("s", "stop_run", "Stop"),
         Binding("c", "checkpoint", "Checkpoint", show=False),
+        Binding("t", "tune", "Settings"),
+        Binding("b", "branch", "Branch", show=False),
         Binding("r", "resume_run", "Resume", show=False),
         Binding("h", "history", "History"),
         Binding("v", "compare", "Compare"),
@@ -128,7 +132,8 @@ class CifarTuiApp(App[int]):
     # Compare or Inspect they would act on a run out of sight, and their footers stay short.
     RUN_SCREEN_ACTIONS = frozenset({
         "new_run", "toggle_pause", "stop_run", "checkpoint", "resume_run", "history", "inspect", "chart_view",
-        "close_tab", "smoothing", "log_scale", "x_axis", "system_graphs", "next_tab", "previous_tab", "show_tab"})
+        "close_tab", "smoothing", "log_scale", "x_axis", "system_graphs", "next_tab", "previous_tab", "show_tab",
+        "tune", "branch"})
 
     def __init__(self, *, runs_dir: Path | None = None, data_dir: Path | None = None,
                  trainer_factory: TrainerFactory | None = None, initial: Iterable[RunConfig] = (),
@@ -264,6 +269,10 @@ class CifarTuiApp(App[int]):
         yield SystemCommand("Pause or resume run", "Pause the focused run, or resume it (p)", self.action_toggle_pause)
         yield SystemCommand("Stop run", "Stop the focused run after writing a checkpoint (s)", self.action_stop_run)
         yield SystemCommand("Checkpoint now", "Write the focused run's checkpoint now (c)", self.action_checkpoint)
+        yield SystemCommand("Change settings", "Learning rate, schedule, dropout, augmentation, length of the "
+                            "focused training run (t)", self.action_tune)
+        yield SystemCommand("Branch from a checkpoint", "Start a new run from one of the focused run's checkpoints, "
+                            "with changes (b)", self.action_branch)
         yield SystemCommand("Resume stopped run", "Continue the focused stopped or interrupted run (r)",
                             self.action_resume_run)
         yield SystemCommand("Next tab", "Show the next run's tab (])", self.action_next_tab)
@@ -324,7 +333,8 @@ class CifarTuiApp(App[int]):
                 return handle
         return None
 
-    def launch(self, config: RunConfig, *, run_dir: Path | None = None, resume: bool = False) -> RunHandle | None:
+    def launch(self, config: RunConfig, *, run_dir: Path | None = None, resume: bool = False,
+               branch: Any = None) -> RunHandle | None:
         """Start training `config` in a background thread: in a new tab, or a resumed run in its own."""
         busy = [h.config.train.device for h in self.handles.values() if h.active and h.config is not None]
         config = spread_across_gpus(config, busy, gpu_count())
@@ -360,7 +370,8 @@ class CifarTuiApp(App[int]):
             self.post_message(RunEvent(run_id, event))  # thread-safe; returns at once
 
         trainer = self.trainer_factory(config, run_dir, data_dir=self.data_dir, listeners=[listener],
-                                       control=handle.control, resume=resume)
+                                       control=handle.control, resume=resume,
+                                       **({"branch": branch} if branch is not None else {}))
         self.run_worker(partial(self._train, handle, trainer), thread=True, group="runs", name=run_id,
                         description=f"training {run_dir.name}", exit_on_error=False)
         return handle
@@ -490,6 +501,16 @@ class CifarTuiApp(App[int]):
             return
         handle.control.checkpoint_now()
         self.notify(f"Checkpoint of {handle.run_dir.name} requested.")
+
+    def action_tune(self) -> None:
+        open_for_run(self, self.focused_handle())
+
+    def action_branch(self) -> None:
+        handle = self.focused_handle()
+        if handle is None:
+            self.notify("Open a run first (n, or h for history).", severity="warning")
+            return
+        start_branch(self, handle.run_dir)
 
     def action_resume_run(self) -> None:
         handle = self.focused_handle()

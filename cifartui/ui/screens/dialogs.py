@@ -75,6 +75,8 @@ HELP_TEXT = """\
   [b]s[/b]       stop the focused run (asks first; writes a checkpoint)
   [b]c[/b]       write a checkpoint of the focused run now
   [b]r[/b]       resume the focused stopped or interrupted run, in its own tab
+  [b]t[/b]       change the focused run's settings while it trains (LR, schedule, dropout, ...)
+  [b]b[/b]       branch the focused run from one of its checkpoints, with changes, in a new tab
   [b]1[/b]-[b]9[/b] [b]\\[[/b] [b]][/b] show run tab 1-9, the previous or the next tab
   [b]w[/b]       close the focused tab (not while its run trains)
 
@@ -87,7 +89,8 @@ HELP_TEXT = """\
 
 [b]Elsewhere[/b]
   [b]h[/b]       history: open (enter), follow (f), resume (r), compare (a), sort (s),
-          filter (/), note (e), rename (R), delete (d; u restores, x empties the trash)
+          filter (/), branch (b), note (e), rename (R), delete (d; u restores, x empties the
+          trash); a branch is listed under the run it left
   [b]v[/b]       compare runs: space hides a run, p pins it, d removes it, / filters
   [b]i[/b]       inspect the focused run: confusion matrix, accuracy per class, mistakes
   [b]?[/b] [b]F1[/b]    this help      [b]q[/b] [b]F10[/b]  quit (asks while runs train; each writes a checkpoint)
