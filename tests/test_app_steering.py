@@ -133,3 +133,86 @@ def test_an_invalid_value_is_named_inline_and_nothing_is_sent(tmp_path: Path) ->
             handle.control.stop("test over")
             await wait_for(pilot, lambda: handle.done.is_set())
     run(scenario())
+
+
+def test_branch_from_a_kept_checkpoint_shows_lineage_in_history_and_both_in_compare(tmp_path: Path) -> None:
+    factory = Recording()
+    runs = tmp_path / "runs"
+
+    async def scenario() -> None:
+        app = make_app(runs_dir=runs, offer_resume=False, trainer_factory=factory,
+                       initial=[app_config(epochs=3, keep_every=1)])
+        async with app.run_test(size=(120, 40)) as pilot:
+            (parent_handle,) = app.handles.values()
+            parent = parent_handle.run_dir
+            await wait_for(pilot, lambda: parent_handle.done.is_set() and app.panel(parent_handle.run_id).finished,
+                           timeout=120)
+            assert (parent / "checkpoints" / "epoch-0001.pt").is_file()
+            await pilot.press("t")  # a finished run's settings cannot change: the key says so
+            await pilot.pause(0.2)
+            assert not isinstance(app.screen, SettingsForm)
+            assert any("branches it" in str(n.message) for n in app._notifications)
+
+            await pilot.press("b")
+            await wait_for(pilot, lambda: isinstance(app.screen, CheckpointPicker))
+            options = app.screen.query_one("#checkpoint-list", OptionList)
+            names = [options.get_option_at_index(i).id for i in range(options.option_count)]
+            assert names[:2] == ["last", "best"] and "epoch-0001" in names
+            kept = str(options.get_option_at_index(names.index("epoch-0001")).prompt)
+            steps_per_epoch = 5  # 160 training images, batch 32
+            assert f"step {steps_per_epoch}, 1 epoch done, val top-1" in kept
+            options.highlighted = names.index("epoch-0001")
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, SettingsForm) and app.screen.settings is not None
+                           and app.screen.query(f"#{field_id('optimizer.lr')}"), timeout=30)
+            form = app.screen
+            assert "checkpoint epoch-0001: step 5, 1 epoch done" in str(form.query_one("#form-where").render())
+            form.query_one(f"#{field_id('optimizer.lr')}", Input).value = "0.01"
+            await wait_for(pilot, lambda: not form.query_one("#form-submit", Button).disabled)
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, lambda: len(app.handles) == 2)
+            branch_handle = list(app.handles.values())[1]
+            branch = branch_handle.run_dir
+            await wait_for(pilot, lambda: branch_handle.done.is_set(), timeout=120)
+            assert branch != parent and branch.parent == runs
+            started = [e for e in read_metrics(branch) if e["event"] == "RunStarted"][0]
+            assert started["parent"] == str(parent) and started["parent_step"] == steps_per_epoch
+            (change,) = _settings_changed(branch)
+            assert change["source"] == "branch" and change["changes"] == {"optimizer.lr": [0.02, 0.01]}
+            assert factory.trainers[1].optimizer.param_groups[0]["lr"] == 0.01
+            panel = app.panel(branch_handle.run_id)
+            assert f"⑂ branch of {parent.name} at step {steps_per_epoch}" in str(
+                panel.query_one("#settings-line").render())
+            assert "⑂" in str(app.run_tabs.get_tab(branch_handle.run_id).label)  # the tab tells it from its parent
+
+            # History: the branch right under its parent, with the step it left at.
+            await pilot.press("h")
+            await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen))
+            history = app.screen
+            table = history.query_one("#runs-table")
+            await wait_for(pilot, lambda: table.row_count == 2)
+            first, second = (table.get_row_at(i) for i in range(2))
+            assert str(first[0]) == parent.name
+            assert str(second[0]) == f"└ {branch.name} @ step {steps_per_epoch} ✎"
+            assert second[3] == "sgd 0.01"  # its effective settings
+            table.move_cursor(row=1)
+            await wait_for(pilot, lambda: history.query_one("#history-detail").display)
+            detail = str(history.query_one("#history-detail").render())
+            assert f"branch of {parent.name} from its step {steps_per_epoch}" in detail
+            assert "optimizer.lr 0.02 → 0.01" in detail
+
+            # Compare: both on the same axes, x in steps, the branch labelled and leaving its parent's line.
+            await pilot.press("v")
+            await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+            chart = app.screen.query_one("#compare-chart")
+            await wait_for(pilot, lambda: len(chart.series) == 2)
+            assert chart.x_axis == "step"
+            labels = sorted(chart.series)
+            (branch_label,) = [label for label in labels if label.startswith("⑂")]
+            assert f"branch of lr 0.02 at step {steps_per_epoch}" in branch_label
+            parent_series = chart.series["lr 0.02"]
+            branch_series = chart.series[branch_label]
+            assert parent_series.xs == [5.0, 10.0, 15.0]
+            assert branch_series.xs == [5.0, 10.0, 15.0]  # from the parent's point at step 5 on
+            assert branch_series.ys[0] == parent_series.ys[0]
+    run(scenario())

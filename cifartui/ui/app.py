@@ -45,7 +45,7 @@ from cifartui.ui.screens.dialogs import ConfirmScreen, HelpScreen, ResumeOfferSc
 from cifartui.ui.screens.history import HistoryScreen
 from cifartui.ui.screens.inspect import InspectScreen
 from cifartui.ui.screens.picker import PickerScreen
-from cifartui.ui.screens.settings_form import open_for_run
+from cifartui.ui.screens.settings_form import can_change_settings, open_for_run
 from cifartui.ui.text import plural
 from cifartui.ui.widgets.charts import SMOOTHING_STEPS, X_AXES, MetricChart
 from cifartui.ui.widgets.footer import KeyFooter
@@ -109,7 +109,9 @@ class CifarTuiApp(App[int]):
         Binding("p", "toggle_pause", "Pause"),
         Binding("s", "stop_run", "Stop"),
         Binding("c", "checkpoint", "Checkpoint", show=False),
-        Binding("t", "tune", "Settings"),
+        # In the footer while the focused run trains; elsewhere the same key says why it cannot.
+        Binding("t", "tune", "Tune"),
+        Binding("t", "tune(True)", "Tune", show=False),
         Binding("b", "branch", "Branch", show=False),
         Binding("r", "resume_run", "Resume", show=False),
         Binding("h", "history", "History"),
@@ -257,6 +259,8 @@ class CifarTuiApp(App[int]):
             return False
         if action == "compare" and isinstance(self.screen, CompareScreen):
             return False
+        if action == "tune" and not parameters:
+            return can_change_settings(self.focused_handle())
         return True
 
     # --- command palette ----------------------------------------------------------------------
@@ -502,7 +506,8 @@ class CifarTuiApp(App[int]):
         handle.control.checkpoint_now()
         self.notify(f"Checkpoint of {handle.run_dir.name} requested.")
 
-    def action_tune(self) -> None:
+    def action_tune(self, explain: bool = False) -> None:
+        """The settings form of the focused run; with `explain`, the key pressed where it cannot act says why."""
         open_for_run(self, self.focused_handle())
 
     def action_branch(self) -> None:

@@ -78,9 +78,10 @@ def live_state(run_dir: Path, control: RunControl | None) -> FormState:
     total = int(answer.get("total_steps", 0))
     state = "paused" if answer.get("state") == "paused" else "training"
     of = f" of {total:,}" if total else ""
+    lr = float(answer["lr"]) if isinstance(answer.get("lr"), (int, float)) else None
+    where = f"{state} at step {step:,}{of} (epoch {epoch + 1})" + (f"; learning rate now {lr:.4g}" if lr else "")
     return FormState(config, {str(k): float(v) for k, v in (answer.get("dropout") or {}).items()}, step, epoch,
-                     float(answer["lr"]) if isinstance(answer.get("lr"), (int, float)) else None,
-                     f"{state} at step {step:,}{of} (epoch {epoch + 1})", total)
+                     lr, where, total)
 
 
 def checkpoint_state(path: Path) -> FormState:
@@ -108,7 +109,9 @@ def checkpoint_state(path: Path) -> FormState:
     model = build_model(config.model, config.dataset.num_classes)
     dropout = {group: float(rates.get(members[-1][0], members[-1][1].rate))
                for group, members in dropout_groups(model).items()}
-    return FormState(config, dropout, step, epoch, lr, f"checkpoint {path.stem}: step {step:,} (epoch {epoch + 1})")
+    done = f"{epoch} epoch{'s' if epoch != 1 else ''} done"
+    where = f"checkpoint {path.stem}: step {step:,}, {done}" + (f"; learning rate then {lr:.4g}" if lr else "")
+    return FormState(config, dropout, step, epoch, lr, where)
 
 
 # --- words ------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ draws both on the same axes.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from cifartui.engine.runs import RunDirError, new_run_dir, read_config, read_met
 from cifartui.ui.screens.settings_form import SettingsForm
 from cifartui.ui.steering import CheckpointInfo, checkpoint_state, checkpoints_of
 
+BRANCH_MARK = "⑂"
 BRANCH_INTRO = ("The branch is a new run: it starts from this checkpoint with the changes below, and "
                 "the run it leaves goes on untouched.")
 
@@ -121,8 +123,12 @@ def launch_branch(app: Any, parent: Path, checkpoint: Path, changes: dict[str, A
         return None
     while len(app.screen_stack) > 1:  # back to the tabs, where the branch trains
         app.pop_screen()
-    return app.launch(config, run_dir=run_dir, branch=Branch(parent=parent, checkpoint=checkpoint,
-                                                             changes=dict(changes)))
+    handle = app.launch(config, run_dir=run_dir, branch=Branch(parent=parent, checkpoint=checkpoint,
+                                                               changes=dict(changes)))
+    if handle is not None and handle.config is not None:
+        # The tab's label is the recipe's name, the parent's too: the mark tells them apart.
+        handle.config = dataclasses.replace(handle.config, name=f"{BRANCH_MARK} {handle.config.name}")
+    return handle
 
 
 __all__ = ["CheckpointPicker", "start_branch", "launch_branch", "BRANCH_INTRO"]

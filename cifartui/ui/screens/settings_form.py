@@ -47,8 +47,7 @@ class Field:
 
 
 LEARNING_RATE = (
-    Field("optimizer.lr", "base learning rate", "number", "the schedule scales this (onecycle, triangular: "
-          "where they start)"),
+    Field("optimizer.lr", "base learning rate", "number", "what the schedule scales"),
     Field("optimizer.schedule.max_lr", "peak learning rate", "number", "the top of the cycle",
           schedules=("onecycle", "triangular")),
     Field("optimizer.schedule.step_size", "step size", "integer", "multiply by gamma every this many {unit}s",
@@ -176,10 +175,7 @@ class SettingsForm(ModalScreen[Any]):
             return
         self.state = state
         self.settings = LiveSettings(state.config)
-        where = state.where
-        if state.lr_now is not None:
-            where += f"; learning rate now {state.lr_now:.4g}"
-        lines = [where]
+        lines = [state.where]
         if self.intro:
             lines.append(self.intro)
         self.query_one("#form-where", Static).update("\n".join(lines))
@@ -189,7 +185,7 @@ class SettingsForm(ModalScreen[Any]):
         self.call_after_refresh(self.validate)
 
     def _focus_first(self) -> None:
-        for widget in self.query(".form-value"):
+        for widget in self.query(Input):
             if widget.display and widget.parent is not None and widget.parent.display:
                 widget.focus()
                 return
@@ -434,13 +430,18 @@ class SettingsForm(ModalScreen[Any]):
         self.dismiss(None)
 
 
+def can_change_settings(handle: Any) -> bool:
+    """Whether a tab's run trains now, here or in another process, so that its settings can change."""
+    return handle is not None and (handle.active or (handle.control is None and handle.status == "following"))
+
+
 def open_for_run(app: Any, handle: Any) -> None:
     """The form for the run of a tab: one this app trains, or one another process trains (followed)."""
     if handle is None:
         app.notify("Open a run first (n, or h for history).", severity="warning")
         return
     followed = handle.control is None and handle.status == "following"
-    if not handle.active and not followed:
+    if not can_change_settings(handle):
         app.notify(f"{handle.run_dir.name} is {handle.status}: settings change while a run trains. b branches it "
                    "from one of its checkpoints with new settings.", severity="warning", timeout=8)
         return
@@ -458,4 +459,4 @@ def _message(error: ConfigError) -> str:
     return f"'{error.key}': {error.message}" if error.key else error.message
 
 
-__all__ = ["SettingsForm", "open_for_run", "Field", "field_id", "parse_field", "REPLACEMENTS", "KEEP", "NEXT_EPOCH"]
+__all__ = ["SettingsForm", "open_for_run", "can_change_settings", "Field", "field_id", "parse_field", "REPLACEMENTS", "KEEP", "NEXT_EPOCH"]

@@ -287,7 +287,7 @@ class MetricChart(PlotWidget, can_focus=False, inherit_bindings=False):
             target = (math.log10(target[0]), target[1]) if target[0] > 0 else None
         if target is not None and shown:
             names.append(f"[{TARGET_STYLE}]{target[1]}[/]")
-        if self.change_marks and shown:
+        if self.change_marks and shown and self._marks_in(shown):
             names.append(f"[{CHANGE_MARK_STYLE}]{CHANGE_MARK} changed[/]")
         self.border_title = f"{self.chart_title}: " + "  ".join(names) if names else self.chart_title
         self.border_subtitle = self._subtitle()
@@ -381,6 +381,13 @@ class MetricChart(PlotWidget, can_focus=False, inherit_bindings=False):
             for row in range(region.y, region.bottom):
                 if canvas.get_pixel(column, row)[0] == " ":
                     canvas.set_pixel(column, row, "│", style=CURSOR_STYLE)
+
+    def _marks_in(self, shown: list[tuple[str, np.ndarray, np.ndarray]]) -> bool:
+        """Whether a change of settings falls within the x range of the shown series."""
+        low = min(float(xs.min()) for _, xs, _ in shown)
+        high = max(float(xs.max()) for _, xs, _ in shown)
+        marks = self._to_axis(np.asarray(self.change_marks, dtype=float))
+        return bool(((marks >= low) & (marks <= high)).any())
 
     def _draw_change_marks(self, canvas: Canvas, region, x_low: float, x_high: float) -> None:  # noqa: ANN001
         """Rules where settings changed: over empty cells, so they never hide a curve, with a triangle on top."""

@@ -114,7 +114,8 @@ class EventLog(RichLog):
 class RunPanel(VerticalScroll):
     """Turns a run's events into what is on screen; the only owner of this run's view state."""
 
-    status: reactive[str] = reactive("starting")
+    # The footer offers some keys only for a run in some states (t while it trains).
+    status: reactive[str] = reactive("starting", bindings=True)
 
     def __init__(self, run_id: str, title: str, *, id: str | None = None) -> None:
         super().__init__(id=id, classes="run-panel")
@@ -593,3 +594,6 @@ class RunPanel(VerticalScroll):
 
     def on_resize(self) -> None:
         self._render_status()  # what fits the new width
+
+    def on_show(self) -> None:
+        self.refresh_bindings()  # this tab's run is the one the keys act on now
