@@ -216,3 +216,43 @@ def test_branch_from_a_kept_checkpoint_shows_lineage_in_history_and_both_in_comp
             assert branch_series.xs == [5.0, 10.0, 15.0]  # from the parent's point at step 5 on
             assert branch_series.ys[0] == parent_series.ys[0]
     run(scenario())
+
+
+def test_a_followed_run_is_steered_through_its_control_channel(tmp_path: Path) -> None:
+    """A run another process trains (here: a trainer thread of the test, with its own lock and channel)."""
+    runs = tmp_path / "runs"
+    run_dir = runs / "20260101-000000-tiny"
+    run_dir.mkdir(parents=True)
+    trainer = Trainer(app_config(epochs=400), run_dir)
+    trainer.start()
+
+    async def scenario() -> None:
+        app = make_app(runs_dir=runs, offer_resume=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: any(e["event"] == "StepMetrics" for e in read_metrics(run_dir)), timeout=60)
+            await pilot.press("h")
+            await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen))
+            await pilot.press("f")
+            await wait_for(pilot, lambda: app.handles and next(iter(app.handles.values())).status == "following")
+            (handle,) = app.handles.values()
+            assert handle.control is None  # not this app's run: the channel carries the request
+            form = await _open_form(pilot, app)
+            form.query_one(f"#{field_id('optimizer.lr')}", Input).value = "0.004"
+            form.query_one(f"#{field_id('augment.flip')}").value = False
+            await wait_for(pilot, lambda: not form.query_one("#form-submit", Button).disabled)
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, lambda: not isinstance(app.screen, SettingsForm), timeout=40)
+            (change,) = _settings_changed(run_dir)
+            assert change["source"] == "control"
+            assert change["changes"] == {"optimizer.lr": [0.02, 0.004], "augment.flip": [True, False]}
+            assert trainer.optimizer.param_groups[0]["lr"] == 0.004 and trainer.config.augment.flip is False
+            assert any("Applied at step" in str(n.message) for n in app._notifications)
+            panel = app.panel(handle.run_id)
+            await wait_for(pilot, lambda: panel.changes)  # read back from metrics.jsonl, like every event
+            assert panel.loss_chart.change_marks == [change["step"]]
+    try:
+        run(scenario())
+    finally:
+        trainer.control.stop("test over")
+        trainer.thread.join(60)
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "stopped"

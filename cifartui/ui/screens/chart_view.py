@@ -54,6 +54,7 @@ class ChartScreen(Screen[None]):
         self.panel = panel
         self.chart_name = chart
         self.cursor_column: int | None = None  # columns from the right end; None: follow the newest point
+        self._readout_lines = 1
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -133,7 +134,12 @@ class ChartScreen(Screen[None]):
         for step, source, changes in self._changes_at_cursor():
             line.append(f"\n▼ step {step:,}, by {source}: ", style=f"bold {CHANGE_MARK_STYLE}")
             line.append(change_text(changes))
-        self.query_one("#readout", Static).update(line)
+        readout = self.query_one("#readout", Static)
+        lines = len(line.plain.splitlines())
+        if lines != self._readout_lines:  # the chart gets taller or shorter: its ticks are placed again
+            self._readout_lines = lines
+            self.call_after_refresh(self.refresh_chart)
+        readout.update(line)
 
     def _changes_at_cursor(self) -> list[tuple[int, str, dict]]:
         """The changes of settings whose rule is in the cursor's column."""

@@ -66,10 +66,10 @@ LEARNING_RATE = (
           schedules=("triangular",)),
 )
 OPTIMIZER = (
-    Field("optimizer.momentum", "momentum", "number", optimizers=("sgd", "rmsprop")),
+    Field("optimizer.momentum", "momentum", "number", "0 = off", optimizers=("sgd", "rmsprop")),
     Field("optimizer.nesterov", "Nesterov momentum", "bool", optimizers=("sgd",)),
     Field("optimizer.betas", "betas", "list", "beta1, beta2", optimizers=("adam", "adamw")),
-    Field("optimizer.weight_decay", "weight decay", "number", "decoupled for AdamW; 0 = off"),
+    Field("optimizer.weight_decay", "weight decay", "number", "0 = off"),
 )
 AUGMENTATION = (
     Field("augment.flip", "horizontal flip", "bool"),

@@ -254,6 +254,12 @@ class MetricChart(PlotWidget, can_focus=False, inherit_bindings=False):
             self.log_scale = log_scale
         self.dirty = True
 
+    def on_resize(self) -> None:
+        # Ticks and the half row of room are chosen for the plot's size: once it changes
+        # (a readout line more below it), choose them again rather than stretch the old ones.
+        self.dirty = True
+        self.call_after_refresh(self.redraw)
+
     # --- drawing ------------------------------------------------------------------------------
 
     def _to_axis(self, xs: np.ndarray) -> np.ndarray:
