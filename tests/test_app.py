@@ -1211,9 +1211,8 @@ def test_compare_labels_runs_by_what_differs_and_keeps_its_table_still(tmp_path:
 
     async def mixed() -> None:
         from tests.app_helpers import write_run
-        cifar = write_run(runs, "20260109-000000-c100", dataclasses.replace(
-            other, dataset=dataclasses.replace(other.dataset, name="cifar100", classes=100)),
-            epochs_script(runs / "c100", other, epochs=2))
+        cifar100 = dataclasses.replace(other, dataset=dataclasses.replace(other.dataset, name="cifar100", classes=100))
+        cifar = write_run(runs, "20260109-000000-c100", cifar100, epochs_script(runs / "c100", cifar100, epochs=2))
         app = make_app(runs_dir=runs, offer_resume=False)
         app.comparison = [paths[0], cifar]
         async with app.run_test(size=(120, 40)) as pilot:

@@ -168,6 +168,8 @@ def _fake_run(runs: Path, name: str, lr: float, best: float) -> None:
     lines = []
     for event in script(run_dir, config):
         data = event.to_json()
+        if data["event"] == "RunStarted":  # the run started with the settings its config.json says
+            data["config"]["optimizer"]["lr"] = lr
         if data["event"] == "EpochEnded":
             data["val_top1"] = best - (1 - data["epoch"]) * 10
         lines.append(json.dumps(data))

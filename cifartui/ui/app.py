@@ -41,11 +41,13 @@ from cifartui.engine.runs import (RunDirError, default_runs_dir, list_runs, new_
 from cifartui.ui import background
 from cifartui.ui.messages import RunEvent
 from cifartui.ui.screens.chart_view import ChartScreen
+from cifartui.ui.screens.branch import start_branch
 from cifartui.ui.screens.compare import CompareScreen
 from cifartui.ui.screens.dialogs import ConfirmScreen, HelpScreen, ResumeOfferScreen
 from cifartui.ui.screens.history import HistoryScreen
 from cifartui.ui.screens.inspect import InspectScreen
 from cifartui.ui.screens.picker import PickerScreen
+from cifartui.ui.screens.settings_form import can_change_settings, open_for_run
 from cifartui.ui.screens.sweeps import SweepsScreen
 from cifartui.ui.text import plural
 from cifartui.ui.widgets.charts import SMOOTHING_STEPS, X_AXES, MetricChart
@@ -111,6 +113,10 @@ class CifarTuiApp(App[int]):
         Binding("p", "toggle_pause", "Pause"),
         Binding("s", "stop_run", "Stop"),
         Binding("c", "checkpoint", "Checkpoint", show=False),
+        # In the footer while the focused run trains; elsewhere the same key says why it cannot.
+        Binding("t", "tune", "Tune"),
+        Binding("t", "tune(True)", "Tune", show=False),
+        Binding("b", "branch", "Branch", show=False),
         Binding("r", "resume_run", "Resume", show=False),
         Binding("h", "history", "History"),
         Binding("v", "compare", "Compare"),
@@ -134,7 +140,7 @@ class CifarTuiApp(App[int]):
     RUN_SCREEN_ACTIONS = frozenset({
         "new_run", "toggle_pause", "stop_run", "checkpoint", "resume_run", "history", "inspect", "chart_view",
         "close_tab", "smoothing", "log_scale", "x_axis", "system_graphs", "next_tab", "previous_tab", "show_tab",
-        "sweeps"})
+        "sweeps", "tune", "branch"})
 
     def __init__(self, *, runs_dir: Path | None = None, data_dir: Path | None = None,
                  trainer_factory: TrainerFactory | None = None, initial: Iterable[RunConfig] = (),
@@ -261,6 +267,8 @@ class CifarTuiApp(App[int]):
             return False
         if action == "compare" and isinstance(self.screen, CompareScreen):
             return False
+        if action == "tune" and not parameters:
+            return can_change_settings(self.focused_handle())
         return True
 
     # --- command palette ----------------------------------------------------------------------
@@ -273,6 +281,10 @@ class CifarTuiApp(App[int]):
         yield SystemCommand("Pause or resume run", "Pause the focused run, or resume it (p)", self.action_toggle_pause)
         yield SystemCommand("Stop run", "Stop the focused run after writing a checkpoint (s)", self.action_stop_run)
         yield SystemCommand("Checkpoint now", "Write the focused run's checkpoint now (c)", self.action_checkpoint)
+        yield SystemCommand("Change settings", "Learning rate, schedule, dropout, augmentation, length of the "
+                            "focused training run (t)", self.action_tune)
+        yield SystemCommand("Branch from a checkpoint", "Start a new run from one of the focused run's checkpoints, "
+                            "with changes (b)", self.action_branch)
         yield SystemCommand("Resume stopped run", "Continue the focused stopped or interrupted run (r)",
                             self.action_resume_run)
         yield SystemCommand("Next tab", "Show the next run's tab (])", self.action_next_tab)
@@ -336,15 +348,16 @@ class CifarTuiApp(App[int]):
         return None
 
     def launch(self, config: RunConfig, *, run_dir: Path | None = None, resume: bool = False,
-               detach: bool | None = None) -> RunHandle | None:
+               detach: bool | None = None, branch: Any = None) -> RunHandle | None:
         """Start training `config` in a background thread: in a new tab, or a resumed run in its own.
 
         With `detach` (the app's default when None) the run trains in a process of its own
-        instead, which quitting the app or losing the terminal leaves training.
+        instead, which quitting the app or losing the terminal leaves training. A branch
+        trains in the app's process: `cifartui branch` starts one in a process of its own.
         """
         busy = [h.config.train.device for h in self.handles.values() if h.active and h.config is not None]
         config = spread_across_gpus(config, busy, gpu_count())
-        if self.detach_default if detach is None else detach:
+        if branch is None and (self.detach_default if detach is None else detach):
             return self._launch_detached(config, run_dir=run_dir, resume=resume)
         try:
             run_dir = run_dir or new_run_dir(self.runs_dir, config.name)
@@ -378,7 +391,8 @@ class CifarTuiApp(App[int]):
             self.post_message(RunEvent(run_id, event))  # thread-safe; returns at once
 
         trainer = self.trainer_factory(config, run_dir, data_dir=self.data_dir, listeners=[listener],
-                                       control=handle.control, resume=resume)
+                                       control=handle.control, resume=resume,
+                                       **({"branch": branch} if branch is not None else {}))
         self.run_worker(partial(self._train, handle, trainer), thread=True, group="runs", name=run_id,
                         description=f"training {run_dir.name}", exit_on_error=False)
         return handle
@@ -545,6 +559,17 @@ class CifarTuiApp(App[int]):
             return
         handle.control.checkpoint_now()
         self.notify(f"Checkpoint of {handle.run_dir.name} requested.")
+
+    def action_tune(self, explain: bool = False) -> None:
+        """The settings form of the focused run; with `explain`, the key pressed where it cannot act says why."""
+        open_for_run(self, self.focused_handle())
+
+    def action_branch(self) -> None:
+        handle = self.focused_handle()
+        if handle is None:
+            self.notify("Open a run first (n, or h for history).", severity="warning")
+            return
+        start_branch(self, handle.run_dir)
 
     def action_resume_run(self) -> None:
         handle = self.focused_handle()

@@ -2,20 +2,24 @@
 
 Here the arrow keys belong to the chart: left and right move the cursor (shift: ten
 times as far, home and end: to the ends), and the line below the chart gives every
-series' value at the cursor. In the run's tab the charts take no keys at all.
+series' value at the cursor, and what changed there when the cursor is on a change of
+settings. In the run's tab the charts take no keys at all.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Header, Static
 
+from cifartui.ui.steering import change_text
 from cifartui.ui.widgets.charts import (
+    CHANGE_MARK_STYLE,
     SMOOTHING_STEPS,
     X_AXES,
     MetricChart,
@@ -50,6 +54,7 @@ class ChartScreen(Screen[None]):
         self.panel = panel
         self.chart_name = chart
         self.cursor_column: int | None = None  # columns from the right end; None: follow the newest point
+        self._readout_lines = 1
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -78,12 +83,14 @@ class ChartScreen(Screen[None]):
             big.series = {"learning rate": panel.lr_history}
             big.styles_by_name = {"learning rate": "yellow"}
             big.smoothed, big.target, big.epoch_marks = set(), None, panel.loss_chart.epoch_marks
+            big.change_marks = panel.loss_chart.change_marks
             big.configure(log_scale=panel.log_scale)
         else:
             source = panel.loss_chart if self.chart_name == "loss" else panel.accuracy_chart
             big.chart_title = source.chart_title
             big.series, big.styles_by_name, big.smoothed = source.series, source.styles_by_name, source.smoothed
             big.target, big.epoch_marks = source.target, source.epoch_marks
+            big.change_marks = source.change_marks
             big.configure(log_scale=source.log_scale)
         axis = panel.loss_chart.x_axis
         big.configure(x_axis=axis, x_transform=panel.steps_to_axis, smoothing=panel.smoothing)
@@ -124,7 +131,27 @@ class ChartScreen(Screen[None]):
             line.append(f"   {name} ", style=style)
             line.append(format_value(y), style=f"bold {style}")
             line.append(f" (at {at})", style="dim")
-        self.query_one("#readout", Static).update(line)
+        for step, source, changes in self._changes_at_cursor():
+            line.append(f"\n▼ step {step:,}, by {source}: ", style=f"bold {CHANGE_MARK_STYLE}")
+            line.append(change_text(changes))
+        readout = self.query_one("#readout", Static)
+        lines = len(line.plain.splitlines())
+        if lines != self._readout_lines:  # the chart gets taller or shorter: its ticks are placed again
+            self._readout_lines = lines
+            self.call_after_refresh(self.refresh_chart)
+        readout.update(line)
+
+    def _changes_at_cursor(self) -> list[tuple[int, str, dict]]:
+        """The changes of settings whose rule is in the cursor's column."""
+        big, panel = self.chart, self.panel
+        span = big.x_range()
+        if span is None or big.cursor is None or not panel.changes:
+            return []
+        width, _ = big._plot_size()
+        half_column = (span[1] - span[0]) / max(width - 1, 1) / 2
+        steps = np.asarray([change[0] for change in panel.changes], dtype=float)
+        positions = panel.steps_to_axis(steps)
+        return [change for change, x in zip(panel.changes, positions) if abs(x - big.cursor) <= half_column]
 
     def action_next_chart(self) -> None:
         self.chart_name = CHARTS[(CHARTS.index(self.chart_name) + 1) % len(CHARTS)]

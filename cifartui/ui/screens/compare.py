@@ -6,6 +6,11 @@ training time and speed beside the ranking. Space hides a run from the chart, `p
 pins it to the top of the table, `d` removes it from the comparison, `/` filters.
 Live runs are read again every two seconds; the table keeps its scroll position and
 cursor, and only files that grew are read again.
+
+A run's settings are its effective ones (its configuration plus the changes made while
+it trained). A branch is labelled as one, with the step it left its parent at; with a
+branch in the comparison the x axis counts steps (`x` switches to epochs and back), so
+the branch's line leaves its parent's where it left the run.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Header, Input, Select, Static
 
 from cifartui.engine.runs import RunDirError, read_config, read_metrics
+from cifartui.engine.settings import effective_config
 from cifartui.ui.text import plural
 from cifartui.ui.widgets.charts import PALETTE, MetricChart
 from cifartui.ui.widgets.footer import KeyFooter
@@ -97,6 +103,8 @@ class RunSummary:
     train_seconds: float | None
     images_per_s: float | None
     stamp: tuple[int, float]  # metrics.jsonl size and mtime when read
+    parent: Path | None = None  # the run a branch left, and the step it left at
+    parent_step: int = -1
 
 
 def summarize_run(path: Path) -> RunSummary | None:
@@ -111,6 +119,7 @@ def summarize_run(path: Path) -> RunSummary | None:
     except OSError:
         stamp = (0, 0.0)
     events = read_metrics(path)  # read when the file changed: a long run's file is large
+    config = effective_config(config, events, str(path))
     epochs = [e for e in events if e["event"] == "EpochEnded"]
     finished = [e for e in events if e["event"] == "RunFinished"]
     steps = [e for e in events if e["event"] == "StepMetrics"]
@@ -124,8 +133,26 @@ def summarize_run(path: Path) -> RunSummary | None:
     else:
         seconds = sum(float(e.get("seconds", 0.0)) for e in epochs) or None
         rate = steps[-1].get("images_per_s") if steps else None
+    branched = next((e for e in started if e.get("parent")), None)
     return RunSummary(path, config.to_dict(), epochs, best, finished[-1]["test_top1"] if finished else None,
-                      epochs_total, seconds, rate, stamp)
+                      epochs_total, seconds, rate, stamp,
+                      Path(str(branched["parent"])) if branched else None,
+                      int(branched.get("parent_step", -1)) if branched else -1)
+
+
+def branch_label(label: str, summary: RunSummary, parents: dict[Path, str]) -> str:
+    """A branch's label says so, and from which run (by its label, when compared too) and step."""
+    if summary.parent is None:
+        return label
+    parent = parents.get(_key(summary.parent), summary.parent.name)
+    return f"⑂ {label} (branch of {parent} at step {summary.parent_step:,})"
+
+
+def _key(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except OSError:
+        return path
 
 
 class CompareScreen(Screen[None]):
@@ -135,6 +162,7 @@ class CompareScreen(Screen[None]):
         Binding("p", "pin", "Pin"),
         Binding("d,delete", "remove", "Remove"),
         Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("x", "x_axis", "X axis", show=False),
         Binding("g", "reload", "Reload", show=False),
         Binding("c", "colour_by", "Colour by"),
     ]
@@ -152,6 +180,7 @@ class CompareScreen(Screen[None]):
         self.summaries: dict[Path, RunSummary] = {}
         self.rows: list[RunSummary] = []
         self._columns: tuple[str, ...] = ()
+        self.x_axis: str | None = None  # None: steps when a branch is compared, else epochs
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -209,6 +238,8 @@ class CompareScreen(Screen[None]):
         labels = {s.path: run_label(flatten(s.config), differing, s.path.name) for s in summaries}
         if len(set(labels.values())) < len(labels):  # the same settings twice: the directory tells them apart
             labels = {p: f"{label} ({p.name[:15]})" for p, label in labels.items()}
+        parents = {_key(s.path): labels[s.path] for s in summaries}
+        labels = {s.path: branch_label(labels[s.path], s, parents) for s in summaries}
         colours = {s.path: PALETTE[i % len(PALETTE)] for i, s in enumerate(summaries)}
         if self.colour_by is not None:
             colours = self._colours_by_setting(summaries)
@@ -219,10 +250,20 @@ class CompareScreen(Screen[None]):
         chart = self.query_one("#compare-chart", MetricChart)
         chart.series.clear()
         chart.styles_by_name.clear()
+        axis = self.axis(summaries)
+        chart.configure(x_axis=axis)
+        by_path = {_key(s.path): s for s in summaries}
         for summary in shown:
             if summary.path in self.hidden:
                 continue
-            points = [(e["epoch"] + 1, e[self.metric]) for e in summary.epochs if e.get(self.metric) is not None]
+            points = self._points(summary, axis)
+            parent = by_path.get(_key(summary.parent)) if summary.parent is not None else None
+            if points and parent is not None:
+                # The branch's line starts on its parent's, at the last point before it left.
+                before = [e for e in parent.epochs if e.get(self.metric) is not None
+                          and e.get("step", 0) <= summary.parent_step]
+                if before:
+                    points = self._points(parent, axis, [before[-1]]) + points
             if points:
                 chart.set_series(labels[summary.path], [p[0] for p in points], [p[1] for p in points],
                                  colours[summary.path])
@@ -272,6 +313,22 @@ class CompareScreen(Screen[None]):
             index = self.colour_keys.index(self.colour_by) if self.colour_by in self.colour_keys else -1
             self.colour_by = self.colour_keys[(index + 1) % len(self.colour_keys)]
             self.action_reload(force=True)
+
+    def axis(self, summaries: list[RunSummary]) -> str:
+        if self.x_axis is not None:
+            return self.x_axis
+        return "step" if any(s.parent is not None for s in summaries) else "epoch"
+
+    def _points(self, summary: RunSummary, axis: str, epochs: list[dict] | None = None) -> list[tuple[float, float]]:
+        x = (lambda e: e["step"]) if axis == "step" else (lambda e: e["epoch"] + 1)
+        return [(x(e), e[self.metric]) for e in (summary.epochs if epochs is None else epochs)
+                if e.get(self.metric) is not None and isinstance(e.get("step"), int)]
+
+    def action_x_axis(self) -> None:
+        summaries = [self.summaries[p] for p in self.run_dirs if p in self.summaries]
+        self.x_axis = "epoch" if self.axis(summaries) == "step" else "step"
+        self.notify(f"x axis: {self.x_axis}s", timeout=2)
+        self.action_reload(force=True)
 
     def _fill_table(self, ranked: list[RunSummary], differing: list[str], labels: dict[Path, str],
                     colours: dict[Path, str]) -> None:

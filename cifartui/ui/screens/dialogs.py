@@ -75,6 +75,8 @@ HELP_TEXT = """\
   [b]s[/b]       stop the focused run (asks first; writes a checkpoint)
   [b]c[/b]       write a checkpoint of the focused run now
   [b]r[/b]       resume the focused stopped or interrupted run, in its own tab
+  [b]t[/b]       change the focused run's settings as it trains: LR, dropout, length, ...
+  [b]b[/b]       branch the focused run from a checkpoint, with changes, in a new tab
   [b]1[/b]-[b]9[/b] [b]\\[[/b] [b]][/b] show run tab 1-9, the previous or the next tab
   [b]w[/b]       close the focused tab (not while its run trains)
 
@@ -82,13 +84,16 @@ HELP_TEXT = """\
   [b]z[/b]       the run's charts on the whole screen: ←/→ move a cursor that reads values
   [b]e[/b]       smoothing of the training curves, off to 0.99 (the raw curve stays faint)
   [b]l[/b]       loss and learning rate on a log scale, or linear
-  [b]x[/b]       x axis: steps, epochs or wall time (dotted lines mark epoch ends)
+  [b]x[/b]       x axis: steps, epochs or wall time (dotted lines mark epoch ends; orange
+          rules topped with ▼, the steps where settings changed)
   [b]m[/b]       system graphs: GPU use, memory, temperature; the process's CPU, memory
 
 [b]Elsewhere[/b]
   [b]h[/b]       history: open (enter), follow (f), resume (r), compare (a), sort (s),
-          filter (/), note (e), rename (R), delete (d; u restores, x empties the trash)
-  [b]v[/b]       compare runs: space hides a run, p pins it, d removes it, / filters
+          filter (/), branch (b), note (e), rename (R), delete (d; u restores,
+          x empties the trash); a branch is listed under the run it left
+  [b]v[/b]       compare runs: space hides a run, p pins it, d removes it, / filters,
+          x steps or epochs (steps with a branch: its line leaves its parent's)
   [b]S[/b]       sweeps: start (n), follow the ranking, open a run (enter), compare (v)
   [b]i[/b]       inspect the focused run: confusion matrix, accuracy per class, mistakes
   [b]?[/b] [b]F1[/b]    this help      [b]q[/b] [b]F10[/b]  quit (asks while runs train; each writes a checkpoint)

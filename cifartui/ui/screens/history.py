@@ -1,4 +1,8 @@
-"""Past and present runs in the runs directory: open, follow, resume, compare, sort, filter, tidy up.
+"""Past and present runs in the runs directory: open, follow, resume, branch, compare, sort, filter, tidy up.
+
+A branch is listed under the run it left, with the step it left at; every run shows
+its effective settings (its configuration plus the changes made while it trained), and
+the line under the table says what changed in the selected run and when.
 
 Deleting moves a run to `RUNS_DIR/.trash/` (u brings the last one back, x empties the
 trash); a note is kept in the run's `note.txt`; renaming renames its directory. A run
@@ -9,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,8 +26,10 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Header, Input, Static
 
 from cifartui.engine.runs import RunDirError, read_config, read_metrics, read_status
+from cifartui.engine.settings import effective_config
 from cifartui.engine.sweep import is_sweep_dir, sweep_of, sweep_run_dirs
 from cifartui.ui.screens.dialogs import ConfirmScreen, TextPromptScreen
+from cifartui.ui.steering import change_text
 from cifartui.ui.text import plural
 from cifartui.ui.widgets.footer import KeyFooter
 
@@ -85,13 +91,28 @@ class HistoryRow:
     started: datetime
     duration: float | None
     note: str
+    # Lineage: the run a branch left and the step it left at; and the changes of settings
+    # made while it trained, as SettingsChanged recorded them (step, source, changes).
+    parent: Path | None = None
+    parent_step: int = -1
+    changes: list[tuple[int, str, dict]] = field(default_factory=list)
     sweep: str = ""  # "<sweep directory> #<run's place in its queue>" for a run of a sweep
 
-    def cells(self) -> list[Any]:
+    def cells(self, depth: int = 0, parent_listed: bool = True) -> list[Any]:
         styles = {"running": "green", "paused": "yellow", "failed": "red", "interrupted": "magenta",
                   "finished": "cyan", "broken": "red"}
         started = self.started.astimezone().strftime("%Y-%m-%d %H:%M")
-        return [self.path.name, Text(self.status, style=styles.get(self.status, "")), self.model, self.optimizer,
+        name: Any = self.path.name
+        if self.parent is not None:
+            name = Text("  " * max(depth - 1, 0) + ("└ " if depth and parent_listed else "⑂ "))
+            name.append(self.path.name)
+            left = f" @ step {self.parent_step:,}" if parent_listed else \
+                f" (from {self.parent.name} @ step {self.parent_step:,})"
+            name.append(left, style="dim")
+        if self.changes:  # steered while it trained: the line under the table says how
+            name = Text(name) if isinstance(name, str) else name
+            name.append(" ✎", style="dark_orange")
+        return [name, Text(self.status, style=styles.get(self.status, "")), self.model, self.optimizer,
                 self.augmentation, f"{self.epochs_done}/{self.epochs_total}", _pct(self.best_val), _pct(self.test),
                 started, _duration(self.duration), self.note]
 
@@ -105,7 +126,9 @@ def read_row(path: Path) -> HistoryRow:
     config = read_config(path)
     status = str(read_status(path).get("status", "unknown"))
     epochs_done, best, test, first, last = 0, None, None, None, None
-    for event in read_metrics(path):
+    parent, parent_step, changes = None, -1, []
+    events = read_metrics(path)
+    for event in events:
         when = event.get("time")
         if isinstance(when, (int, float)):
             first = when if first is None else first
@@ -117,14 +140,74 @@ def read_row(path: Path) -> HistoryRow:
                 best = value
         elif event["event"] == "RunFinished":
             test = event.get("test_top1")
+        elif event["event"] == "RunStarted" and event.get("parent") and parent is None:
+            parent, parent_step = Path(str(event["parent"])), int(event.get("parent_step", -1))
+        elif event["event"] == "SettingsChanged" and isinstance(event.get("changes"), dict):
+            changes.append((int(event.get("step", 0)), str(event.get("source", "")), event["changes"]))
     try:
         note = (path / NOTE_FILE).read_text(encoding="utf-8").strip().splitlines()[0]
     except (OSError, IndexError):
         note = ""
+    config = effective_config(config, events, str(path))  # as the run trains (or ended) after its changes
     plain = config.to_dict()
     return HistoryRow(path, status, config.model.name, f"{config.optimizer.name} {config.optimizer.lr:g}",
                       augment_text(plain.get("augment", {})), epochs_done, config.train.epochs, best, test,
-                      started_at(path), (last - first) if first is not None and last is not None else None, note)
+                      started_at(path), (last - first) if first is not None and last is not None else None, note,
+                      parent, parent_step, changes)
+
+
+def lineage_order(rows: list[HistoryRow]) -> list[tuple[HistoryRow, int, bool]]:
+    """Rows with each branch right under the run it left, in the given order otherwise.
+
+    Each item is (row, depth, parent listed): depth 0 for a run that is no listed run's
+    branch; a branch whose parent is not listed stays at the top level and names it.
+    """
+    by_path = {_key(row.path): row for row in rows}
+    children: dict[Path, list[HistoryRow]] = {}
+    roots = []
+    for row in rows:
+        parent = _key(row.parent) if row.parent is not None else None
+        if parent is not None and parent in by_path and parent != _key(row.path):
+            children.setdefault(parent, []).append(row)
+        else:
+            roots.append(row)
+    ordered: list[tuple[HistoryRow, int, bool]] = []
+    seen: set[Path] = set()
+
+    def visit(row: HistoryRow, depth: int) -> None:
+        key = _key(row.path)
+        if key in seen:
+            return
+        seen.add(key)
+        ordered.append((row, depth, depth > 0 or row.parent is None))
+        for child in children.get(key, []):
+            visit(child, depth + 1)
+    for row in roots:
+        visit(row, 0)
+    for row in rows:  # a cycle of parents (hand-edited files): still listed
+        visit(row, 0)
+    return ordered
+
+
+def _key(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except OSError:
+        return path
+
+
+def describe_lineage(row: HistoryRow) -> Text:
+    """The selected run's lineage and the changes made while it trained, for the line under the table."""
+    line = Text()
+    if row.parent is not None:
+        line.append(f"⑂ branch of {row.parent.name} from its step {row.parent_step:,}", style="bold")
+    if row.changes:
+        if line:
+            line.append("\n")
+        line.append(f"{plural(len(row.changes), 'change')} of settings: ", style="bold dark_orange")
+        line.append("; ".join(f"step {step:,} by {source}: {change_text(changes)}"
+                              for step, source, changes in row.changes))
+    return line
 
 
 def broken_row(path: Path) -> HistoryRow:
@@ -138,6 +221,7 @@ class HistoryScreen(Screen[None]):
         Binding("enter,o", "open", "Open", show=False),
         Binding("f", "follow", "Follow"),
         Binding("r", "resume", "Resume"),
+        Binding("b", "branch", "Branch", show=False),
         Binding("a", "add_to_comparison", "Add"),
         Binding("i", "inspect", "Inspect", show=False),
         Binding("v", "app.compare", "Compare"),
@@ -167,12 +251,14 @@ class HistoryScreen(Screen[None]):
         yield Input(placeholder="filter: part of a name, model, optimizer, note…; enter keeps it, escape clears",
                     id="history-filter")
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield Static(id="history-detail")
         yield Static(id="history-problems")
         yield KeyFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "History"
         self.query_one("#history-filter", Input).display = False
+        self.query_one("#history-detail", Static).display = False
         table = self.query_one("#runs-table", DataTable)
         for column in COLUMNS:
             table.add_column(column, key=column)
@@ -227,10 +313,10 @@ class HistoryScreen(Screen[None]):
             table.add_column("", key="compared")
         self.paths.clear()
         compared = {str(p) for p in getattr(self.app, "comparison", [])}
-        for row in rows:
+        for row, depth, parent_listed in lineage_order(rows):
             key = str(row.path)
             self.paths[key] = row.path
-            cells = row.cells()
+            cells = row.cells(depth, parent_listed)
             if with_sweeps:
                 cells.insert(1, row.sweep)
             table.add_row(*cells, "compared" if key in compared else "", key=key)
@@ -263,6 +349,15 @@ class HistoryScreen(Screen[None]):
     def on_data_table_row_selected(self, _event: DataTable.RowSelected) -> None:
         self.action_open()  # enter or a click on a row
 
+    @on(DataTable.RowHighlighted, "#runs-table")
+    def _show_detail(self) -> None:
+        selected = self._selected()
+        row = next((r for r in self.rows if r.path == selected), None)
+        detail = self.query_one("#history-detail", Static)
+        text = describe_lineage(row) if row is not None else Text()
+        detail.update(text)
+        detail.display = bool(text)
+
     @on(DataTable.HeaderSelected, "#runs-table")
     def sort_by_header(self, event: DataTable.HeaderSelected) -> None:
         names = [name for name, _ in SORTS]
@@ -290,6 +385,12 @@ class HistoryScreen(Screen[None]):
     def action_resume(self) -> None:
         if (path := self._selected()) is not None:
             self.app.resume_run(path)
+
+    def action_branch(self) -> None:
+        if (path := self._selected()) is not None:
+            from cifartui.ui.screens.branch import start_branch
+
+            start_branch(self.app, path)
 
     def action_add_to_comparison(self) -> None:
         if (path := self._selected()) is not None:
@@ -453,4 +554,4 @@ class HistoryScreen(Screen[None]):
                                            "This cannot be undone.", yes="Empty trash"), empty)
 
 
-__all__ = ["HistoryScreen", "read_row", "augment_text", "TRASH", "NOTE_FILE"]
+__all__ = ["HistoryScreen", "read_row", "augment_text", "lineage_order", "describe_lineage", "TRASH", "NOTE_FILE"]

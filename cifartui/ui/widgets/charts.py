@@ -27,6 +27,10 @@ X_AXES = ("step", "epoch", "time")
 SMOOTHING_STEPS = (0.0, 0.6, 0.8, 0.9, 0.95, 0.99)
 TARGET_STYLE = "yellow"
 EPOCH_MARK_STYLE = "grey42"
+# A change of settings mid-run: a rule across the plot, a triangle at its top.
+CHANGE_MARK_STYLE = "dark_orange"
+CHANGE_MARK = "│"
+CHANGE_MARK_TOP = "▼"
 CURSOR_STYLE = "bold bright_white"
 
 XTransform = Callable[[np.ndarray], np.ndarray]
@@ -189,6 +193,7 @@ class MetricChart(PlotWidget, can_focus=False, inherit_bindings=False):
         self.smoothing = 0.6
         self.log_scale = False
         self.epoch_marks: list[float] = []  # steps at which epochs ended
+        self.change_marks: list[float] = []  # steps at which settings changed (sorted)
         self.cursor: float | None = None  # an x on the axis' unit, shown by the full-screen view
         self.limits: tuple[float, float, float, float] | None = None  # x_min, x_max, y_min, y_max drawn
         self._shown: list[tuple[str, np.ndarray, np.ndarray]] = []  # what the readout reads
@@ -218,6 +223,7 @@ class MetricChart(PlotWidget, can_focus=False, inherit_bindings=False):
         for series in self.series.values():
             series.truncate_after(x)
         self.epoch_marks = [m for m in self.epoch_marks if m <= x]
+        self.change_marks[:] = [m for m in self.change_marks if m <= x]  # in place: the big chart shares it
         self.dirty = True
 
     def set_target(self, value: float | None, label: str) -> None:
@@ -227,6 +233,13 @@ class MetricChart(PlotWidget, can_focus=False, inherit_bindings=False):
     def mark_epoch(self, step: float) -> None:
         if not self.epoch_marks or step > self.epoch_marks[-1]:
             self.epoch_marks.append(step)
+            self.dirty = True
+
+    def mark_change(self, step: float) -> None:
+        """A vertical rule at `step`: the run's settings changed there."""
+        if step not in self.change_marks:
+            self.change_marks.append(step)
+            self.change_marks.sort()
             self.dirty = True
 
     def configure(self, *, x_axis: str | None = None, x_transform: XTransform | None | bool = False,
@@ -240,6 +253,12 @@ class MetricChart(PlotWidget, can_focus=False, inherit_bindings=False):
         if log_scale is not None:
             self.log_scale = log_scale
         self.dirty = True
+
+    def on_resize(self) -> None:
+        # Ticks and the half row of room are chosen for the plot's size: once it changes
+        # (a readout line more below it), choose them again rather than stretch the old ones.
+        self.dirty = True
+        self.call_after_refresh(self.redraw)
 
     # --- drawing ------------------------------------------------------------------------------
 
@@ -274,6 +293,8 @@ class MetricChart(PlotWidget, can_focus=False, inherit_bindings=False):
             target = (math.log10(target[0]), target[1]) if target[0] > 0 else None
         if target is not None and shown:
             names.append(f"[{TARGET_STYLE}]{target[1]}[/]")
+        if self.change_marks and shown and self._marks_in(shown):
+            names.append(f"[{CHANGE_MARK_STYLE}]{CHANGE_MARK} changed[/]")
         self.border_title = f"{self.chart_title}: " + "  ".join(names) if names else self.chart_title
         self.border_subtitle = self._subtitle()
         if not shown:
@@ -360,11 +381,39 @@ class MetricChart(PlotWidget, can_focus=False, inherit_bindings=False):
                 for row in range(region.y, region.bottom):
                     if canvas.get_pixel(column, row)[0] == " ":
                         canvas.set_pixel(column, row, "┊", style=EPOCH_MARK_STYLE)
+        self._draw_change_marks(canvas, region, x_low, x_high)
         if self.cursor is not None and x_low <= self.cursor <= x_high:
             column = self.get_pixel_from_coordinate(self.cursor, 0)[0]
             for row in range(region.y, region.bottom):
                 if canvas.get_pixel(column, row)[0] == " ":
                     canvas.set_pixel(column, row, "│", style=CURSOR_STYLE)
+
+    def _marks_in(self, shown: list[tuple[str, np.ndarray, np.ndarray]]) -> bool:
+        """Whether a change of settings falls within the x range of the shown series."""
+        low = min(float(xs.min()) for _, xs, _ in shown)
+        high = max(float(xs.max()) for _, xs, _ in shown)
+        marks = self._to_axis(np.asarray(self.change_marks, dtype=float))
+        return bool(((marks >= low) & (marks <= high)).any())
+
+    def _draw_change_marks(self, canvas: Canvas, region, x_low: float, x_high: float) -> None:  # noqa: ANN001
+        """Rules where settings changed: over empty cells, so they never hide a curve, with a triangle on top."""
+        if not self.change_marks:
+            return
+        marks = self._to_axis(np.asarray(self.change_marks, dtype=float))
+        columns = sorted({self.get_pixel_from_coordinate(m, 0)[0] for m in marks if x_low <= m <= x_high})
+        for column in columns:
+            canvas.set_pixel(column, region.y, CHANGE_MARK_TOP, style=CHANGE_MARK_STYLE)
+            for row in range(region.y + 1, region.bottom):
+                if canvas.get_pixel(column, row)[0] in (" ", "┊"):
+                    canvas.set_pixel(column, row, CHANGE_MARK, style=CHANGE_MARK_STYLE)
+
+    def change_mark_columns(self) -> list[int]:
+        """The plot's columns that carry a change rule now (for tests and the full-screen readout)."""
+        if self.limits is None or not self.change_marks:
+            return []
+        x_low, x_high = self.limits[0], self.limits[1]
+        marks = self._to_axis(np.asarray(self.change_marks, dtype=float))
+        return sorted({self.get_pixel_from_coordinate(m, 0)[0] for m in marks if x_low <= m <= x_high})
 
     # --- reading values back ------------------------------------------------------------------
 
@@ -381,5 +430,5 @@ class MetricChart(PlotWidget, can_focus=False, inherit_bindings=False):
         return None if self.limits is None else (self.limits[0], self.limits[1])
 
 
-__all__ = ["MetricChart", "PALETTE", "X_AXES", "SMOOTHING_STEPS", "ema", "format_number", "format_duration",
+__all__ = ["MetricChart", "CHANGE_MARK", "CHANGE_MARK_STYLE", "PALETTE", "X_AXES", "SMOOTHING_STEPS", "ema", "format_number", "format_duration",
            "format_value", "nice_spacing", "x_ticks", "y_ticks"]

@@ -1,4 +1,9 @@
-"""One run on screen: progress, charts, LR and dropout sparklines, epoch table, event log."""
+"""One run on screen: progress, charts, LR and dropout sparklines, epoch table, event log.
+
+Changes of settings mid-run are marked on the charts at their step, listed in the
+event log, and summed up under the status line with the run's lineage (a branch names
+the run and step it left).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from textual.widgets import DataTable, ProgressBar, RichLog, Sparkline, Static
 
 from cifartui.engine import events as ev
 from cifartui.ui.series import BoundedSeries
+from cifartui.ui.steering import change_text, value_text
 from cifartui.ui.widgets.charts import MetricChart
 from cifartui.ui.widgets.system import SystemPanel
 
@@ -108,7 +114,8 @@ class EventLog(RichLog):
 class RunPanel(VerticalScroll):
     """Turns a run's events into what is on screen; the only owner of this run's view state."""
 
-    status: reactive[str] = reactive("starting")
+    # The footer offers some keys only for a run in some states (t while it trains).
+    status: reactive[str] = reactive("starting", bindings=True)
 
     def __init__(self, run_id: str, title: str, *, id: str | None = None) -> None:
         super().__init__(id=id, classes="run-panel")
@@ -148,12 +155,18 @@ class RunPanel(VerticalScroll):
         self._process: int | None = None  # the pid that trains this run, for the system line
         self._epochs_follow = True  # the epoch table shows its newest row until the user scrolls back
         self._epoch_scroll_seen = 0.0
+        # Lineage and changes of settings: the run a branch left (and at which step), and
+        # every SettingsChanged (step, source, {key: [old, new]}) in order.
+        self.parent_run = ""
+        self.parent_step = -1
+        self.changes: list[tuple[int, str, dict]] = []
 
     def compose(self) -> ComposeResult:
         with Vertical(id="run-header"):
             yield Static(id="status-line")
             yield ProgressBar(id="progress", show_eta=False)
             yield Static(id="alert")
+            yield Static(id="settings-line")
             yield SystemPanel(id="device")
         with Horizontal(classes="charts"):
             yield MetricChart("loss", id="loss-chart")
@@ -176,6 +189,7 @@ class RunPanel(VerticalScroll):
         self.query_one("#epochs-table", DataTable).add_columns(
             "epoch", "train loss", "train top-1", "val loss", "val top-1", "val top-5", "lr", "time")
         self.query_one("#alert", Static).display = False
+        self.query_one("#settings-line", Static).display = False
         # The screen is redrawn at a bounded rate, whatever the event rate: once a second,
         # status and charts together. Every redraw repaints a band of the screen across
         # the changed widgets, so one combined redraw costs little more than either alone;
@@ -258,6 +272,11 @@ class RunPanel(VerticalScroll):
         self.accuracy_chart.set_target(self.reference_top1, f"reference {self.reference_top1:g}%")
         self.dropout_rates = _clean_rates(event.dropout_rates)
         self._fill_dropout_rates()
+        if event.parent and not self.parent_run:
+            self.parent_run, self.parent_step = event.parent, event.parent_step
+            self._log(event.time, f"branch of {event.parent.rstrip('/').rsplit('/', 1)[-1]}, from its step "
+                      f"{event.parent_step:,}", "bold")
+            self._show_settings_line()
         summary = event.model_summary
         if event.resumed:
             # Training goes on from the checkpoint, which may be older than the last report
@@ -275,6 +294,8 @@ class RunPanel(VerticalScroll):
     def _forget_after(self, step: int, epoch: int) -> None:
         for chart in (self.loss_chart, self.accuracy_chart):
             chart.truncate_after(step)
+        self.changes = [change for change in self.changes if change[0] <= step]
+        self._show_settings_line()
         for series in (self.lr_history, self.dropout_history, self.clock):
             series.truncate_after(step)
         table = self.query_one("#epochs-table", DataTable)
@@ -331,6 +352,42 @@ class RunPanel(VerticalScroll):
         self._log(event.time, f"step {event.step:,}: learning rate {event.old:.4g} → {event.new:.4g} ({event.reason})",
                   "yellow")
         self.lr_note = f"  [yellow]since step {event.step:,}[/]"
+
+    def _on_SettingsChanged(self, event: ev.SettingsChanged) -> None:
+        changes = dict(event.changes)
+        self.changes.append((event.step, event.source, changes))
+        for chart in (self.loss_chart, self.accuracy_chart):
+            chart.mark_change(event.step)
+        self._log(event.time, f"step {event.step:,}: settings changed by {event.source}: {change_text(changes)}",
+                  "bold dark_orange")
+        self._show_settings_line()
+
+    def settings_summary(self) -> Text:
+        """The run's lineage and what its settings are now where they differ from the start."""
+        line = Text(no_wrap=True, overflow="ellipsis")
+        if self.parent_run:
+            name = self.parent_run.rstrip("/").rsplit("/", 1)[-1]
+            line.append(f"⑂ branch of {name} at step {self.parent_step:,}", style="bold")
+        net: dict[str, list] = {}  # key -> [value at the start, value now]
+        for _step, _source, changes in self.changes:
+            for key, pair in changes.items():
+                old, new = pair if isinstance(pair, (list, tuple)) and len(pair) == 2 else (None, pair)
+                net[key] = [net[key][0] if key in net else old, new]
+        net = {key: pair for key, pair in net.items() if pair[0] != pair[1]}
+        if net:
+            if line:
+                line.append("  ·  ")
+            count = len(self.changes)
+            line.append(f"{count} change{'s' if count != 1 else ''}, now: ", style="dark_orange")
+            line.append(", ".join(f"{key} {value_text(new)} (was {value_text(old)})"
+                                  for key, (old, new) in net.items()))
+        return line
+
+    def _show_settings_line(self) -> None:
+        line = self.settings_summary()
+        widget = self.query_one("#settings-line", Static)
+        widget.update(line)
+        widget.display = bool(line)
 
     def _on_DropoutChanged(self, event: ev.DropoutChanged) -> None:
         old, new = _clean_rates(event.old), _clean_rates(event.new)
@@ -537,3 +594,6 @@ class RunPanel(VerticalScroll):
 
     def on_resize(self) -> None:
         self._render_status()  # what fits the new width
+
+    def on_show(self) -> None:
+        self.refresh_bindings()  # this tab's run is the one the keys act on now
