@@ -43,7 +43,7 @@ import torch
 KILL_PRESET = """
 [dataset]
 name = "synthetic"
-train_size = 4000
+train_size = 2000
 test_size = 100
 val_fraction = 0.1
 [model]

@@ -16,7 +16,8 @@ from tests.test_cli import SLOW_ENOUGH_PRESET
 
 def _preset(train_size: int) -> str:
     """The CLI tests' interruptible preset, at this size."""
-    return SLOW_ENOUGH_PRESET.replace("train_size = 8000", f"train_size = {train_size}")
+    assert "train_size = 3000" in SLOW_ENOUGH_PRESET
+    return SLOW_ENOUGH_PRESET.replace("train_size = 3000", f"train_size = {train_size}")
 
 
 def _torchrun(tmp_path: Path, *args: str) -> subprocess.Popen:
@@ -46,7 +47,7 @@ def test_torchrun_trains_one_run_with_identical_replicas(tmp_path: Path) -> None
 
 def test_sigterm_stops_every_process_at_the_same_step_and_the_job_resumes(tmp_path: Path) -> None:
     preset = tmp_path / "ddp.toml"
-    preset.write_text(_preset(8000))
+    preset.write_text(_preset(3000))
     job = _torchrun(tmp_path, "train", str(preset), "--runs-dir", "runs")
     runs = tmp_path / "runs"
     deadline = time.monotonic() + 120
@@ -67,4 +68,4 @@ def test_sigterm_stops_every_process_at_the_same_step_and_the_job_resumes(tmp_pa
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 2 * 200 and summary["replicas_identical"] is True
+    assert summary["steps"] == 2 * 75 and summary["replicas_identical"] is True

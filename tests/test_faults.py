@@ -121,9 +121,9 @@ def test_kill_9_during_training_and_checkpoint_writes(tmp_path: Path, request: p
     reference = reference_run(preset, tmp_path / "reference")
     total = reference["progress"]["step"]
     trials = request.config.getoption("--kill-trials")
-    # Mid-epoch 1 and mid-epoch 2 (113 steps per epoch), then random moments for longer variants.
+    # Mid-epoch 1 and mid-epoch 2 (57 steps per epoch), then random moments for longer variants.
     rng = random.Random(0)
-    moments = [(40, 0.0), (150, 0.0)] + [(rng.randrange(1, total), rng.uniform(0, 0.05)) for _ in range(trials)]
+    moments = [(20, 0.0), (75, 0.0)] + [(rng.randrange(1, total), rng.uniform(0, 0.05)) for _ in range(trials)]
     for trial, (after_step, delay) in enumerate(moments[:trials]):
         result = kill_trial(preset, tmp_path / f"trial{trial}", after_step, delay, reference)
         if trial < 2:
