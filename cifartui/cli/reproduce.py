@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
@@ -156,7 +157,7 @@ def _drive(queue: Any, plan: dict[str, Any], slots: list[str], args: argparse.Na
         for number, handler in previous.items():
             signal.signal(number, handler)
     rows = report_rows(queue.entries, plan)
-    console.print(report_table(rows, plan))
+    console.print(report_table(rows, plan, console.size.width))
     markdown = render_markdown(rows, plan, queue.directory)
     data = json.dumps(render_json(rows, plan, queue.directory), indent=2) + "\n"
     write_output(queue.directory / REPORT_MARKDOWN, markdown, "the Markdown report")
@@ -183,18 +184,28 @@ VERDICT_STYLE = {"within": "bold green", "below": "yellow", "above": "cyan", "qu
                  "not run": "dim", "interrupted": "yellow", "no result": "magenta"}
 
 
-def report_table(rows: list[Any], plan: dict[str, Any]) -> Table:
+MIN_WIDTH: dict[str, int] = {}
+
+
+def report_table(rows: list[Any], plan: dict[str, Any], width: int = 200) -> Table:
+    """The report for a terminal `width` columns wide; below 140 the source column shows only the write-up's file."""
     from cifartui.engine.reproduce import COLUMNS, row_cells, title
 
     caption = None
     if plan.get("modified"):
         caption = "modified: " + ", ".join(plan["modified"])
-    table = Table(title=title(plan), caption=caption, show_header=True)
+    narrow = width < 140
+    table = Table(title=title(plan), caption=caption, show_header=True, box=box.SIMPLE_HEAD, pad_edge=False,
+                  width=width if narrow else None)
     for column in COLUMNS:
+        # Words wrap, numbers fold; the columns a reader scans first keep some room on a narrow terminal.
         table.add_column(column, justify="right" if column in ("reported", "reproduced", "epochs", "wall time")
-                         else "left", overflow="fold")
+                         else "left", overflow="fold", min_width=MIN_WIDTH.get(column))
     for row in rows:
         cells = row_cells(row)
+        if narrow:  # the write-up by its file alone (its title is in report.md); the split under the numbers
+            cells[1] = row.seed or cells[1]
+            cells[2] = cells[2].replace(" (", "\n(")
         table.add_row(*cells[:-1], Text(cells[-1], style=VERDICT_STYLE.get(row.verdict, "")))
     return table
 

@@ -174,10 +174,9 @@ def verdict(state: str, reproduced: float | None, reported: float, *, quick: boo
     if reproduced is None:
         return Verdict("no result", "no result: the run measured no accuracy on that split")
     if quick:
-        return Verdict("quick", f"quick budget ({QUICK_MAX_STEPS} steps), not judged"
-                       + (", modified recipe" if modified else ""))
+        return Verdict("quick", "quick budget, not judged")  # the title says how quick, and what was modified
     difference = round(reproduced - reported, 6)  # 77.37 - 76.37 is 1.0000000000000142 in floats
-    suffix = " (modified recipe)" if modified else ""
+    suffix = " (modified)" if modified else ""
     if abs(difference) <= WITHIN_POINTS:
         return Verdict("within", f"within 1 point ({difference:+.2f}){suffix}")
     if difference < 0:
@@ -191,24 +190,25 @@ def verdict(state: str, reproduced: float | None, reported: float, *, quick: boo
 def wall_seconds(events: Iterable[Mapping[str, Any]]) -> float | None:
     """Time the run's processes spent on it, from the "time" of its metrics events.
 
-    Each process's session runs from its RunStarted to the last event before the next
-    one, so the time a run sat interrupted between sessions is not counted.
+    Each process writes its session's events: the phases that load data, then
+    RunStarted, then the run. A session runs from its first event to its last, so the
+    time a run sat interrupted between sessions is not counted.
     """
-    total, first, last, found = 0.0, None, None, False
-    for event in events:
-        moment = event.get("time")
-        if not isinstance(moment, (int, float)) or isinstance(moment, bool):
-            continue
-        if event.get("event") == "RunStarted" and first is not None:
-            total += last - first
-            first = None
-        if first is None:
-            first = moment
-        last = moment
-        found = True
-    if first is not None and last is not None:
-        total += last - first
-    return total if found else None
+    timed = [event for event in events
+             if isinstance(event.get("time"), (int, float)) and not isinstance(event.get("time"), bool)]
+    if not timed:
+        return None
+    starts = [index for index, event in enumerate(timed) if event.get("event") == "RunStarted"]
+    boundaries = []
+    for index in starts[1:]:  # a later session begins with the phases just before its RunStarted
+        while index > 0 and timed[index - 1].get("event") == "PhaseStarted":
+            index -= 1
+        boundaries.append(index)
+    total = 0.0
+    for begin, end in zip([0] + boundaries, boundaries + [len(timed)]):
+        if end > begin:
+            total += float(timed[end - 1]["time"]) - float(timed[begin]["time"])
+    return total
 
 
 def best_validation(events: Iterable[Mapping[str, Any]]) -> tuple[float | None, float | None]:
@@ -348,8 +348,7 @@ COLUMNS = ("recipe", "source", "reported", "reproduced", "epochs", "wall time", 
 
 def row_cells(row: ReportRow) -> list[str]:
     """The row as the table's text cells, in COLUMNS order (Markdown and the terminal share them)."""
-    split = "val" if row.measured_on == "validation" else "test"
-    reported = f"{format_pct(row.reported_top1)} / {format_pct(row.reported_top5)} ({split})"
+    reported = f"{format_pct(row.reported_top1)} / {format_pct(row.reported_top5)} ({row.measured_on})"
     reproduced = (f"{format_pct(row.reproduced_top1)} / {format_pct(row.reproduced_top5)}"
                   if row.reproduced_top1 is not None else "-")
     source = f"{row.seed}: {short_source(row.source)}" if row.seed else short_source(row.source) or "-"
