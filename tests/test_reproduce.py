@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -193,7 +195,7 @@ def test_bad_input_is_refused_in_one_line_before_anything_is_written(
 
 
 def test_quick_reproduction_reports_both_splits_then_resumes_only_what_was_interrupted(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     user_presets = tmp_path / "config" / "presets"  # $CIFARTUI_CONFIG/presets (tests/conftest.py)
     user_presets.mkdir(parents=True)
     (user_presets / "tiny-validation.toml").write_text(VALIDATION_RECIPE)
@@ -262,3 +264,20 @@ def test_quick_reproduction_reports_both_splits_then_resumes_only_what_was_inter
     assert [row["state"] for row in resumed["rows"]] == ["finished", "finished"]
     assert resumed["rows"][0] == data["rows"][0]
     assert resumed["quick"] is True and resumed["modified"] == data["modified"]
+
+    # `cifartui runs` shows the reproduction's table (its runs live inside its directory).
+    capsys.readouterr()
+    monkeypatch.setenv("COLUMNS", "160")  # wide enough for every column on one line
+    assert main(["runs", "--runs-dir", str(runs)]) == 0
+    listed = capsys.readouterr().out
+    assert f"Reproduction {directory.name}:" in listed
+    assert any("tiny-validation" in line and "999" in line and "42.00 / 90.00" in line and line.rstrip().endswith(
+        "quick budget, not judged") for line in listed.splitlines())
+    assert listed.count("quick budget, not judged") == 2
+
+
+def test_planning_and_reading_a_reproduction_need_neither_textual_nor_torch() -> None:
+    code = ("import sys\nimport cifartui.engine.reproduce\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'torch')))\n")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "[]"

@@ -184,27 +184,24 @@ VERDICT_STYLE = {"within": "bold green", "below": "yellow", "above": "cyan", "qu
                  "not run": "dim", "interrupted": "yellow", "no result": "magenta"}
 
 
-MIN_WIDTH: dict[str, int] = {}
-
-
 def report_table(rows: list[Any], plan: dict[str, Any], width: int = 200) -> Table:
-    """The report for a terminal `width` columns wide; below 140 the source column shows only the write-up's file."""
+    """The report for a terminal `width` columns wide; below 140 the source column shows only the write-up's number."""
     from cifartui.engine.reproduce import COLUMNS, row_cells, title
 
     caption = None
     if plan.get("modified"):
         caption = "modified: " + ", ".join(plan["modified"])
     narrow = width < 140
-    table = Table(title=title(plan), caption=caption, show_header=True, box=box.SIMPLE_HEAD, pad_edge=False,
+    table = Table(title=title(plan), caption=caption, show_header=True, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
                   width=width if narrow else None)
     for column in COLUMNS:
-        # Words wrap, numbers fold; the columns a reader scans first keep some room on a narrow terminal.
+        # Everything may wrap: on an 80-column terminal the eight columns fit only so.
         table.add_column(column, justify="right" if column in ("reported", "reproduced", "epochs", "wall time")
-                         else "left", overflow="fold", min_width=MIN_WIDTH.get(column))
+                         else "left", overflow="fold")
     for row in rows:
         cells = row_cells(row)
-        if narrow:  # the write-up by its file alone (its title is in report.md); the split under the numbers
-            cells[1] = row.seed or cells[1]
+        if narrow:  # the write-up by its number alone (NNN of NNN_hash; report.md has it all); the split below
+            cells[1] = row.seed.split("_", 1)[0] if row.seed else "-"
             cells[2] = cells[2].replace(" (", "\n(")
         table.add_row(*cells[:-1], Text(cells[-1], style=VERDICT_STYLE.get(row.verdict, "")))
     return table

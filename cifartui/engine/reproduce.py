@@ -392,6 +392,32 @@ def render_json(rows: Sequence[ReportRow], plan: Mapping[str, Any], directory: P
             "rows": [asdict(row) for row in rows]}
 
 
+# Reading reproductions ---------------------------------------------------------------------------
+
+
+def find_reproductions(runs_dir: Path) -> list[Path]:
+    """The reproduction directories in a runs directory, newest first (their names start with the UTC time)."""
+    root = Path(runs_dir)
+    try:
+        children = sorted(root.iterdir(), reverse=True) if root.is_dir() else []
+    except OSError:
+        return []
+    found = []
+    for child in children:
+        try:
+            if child.is_dir() and (child / PLAN_FILE).is_file():
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
+def read_reproduction(directory: Path) -> tuple[dict[str, Any], list[ReportRow]]:
+    """A reproduction's plan and its rows as its files say now; a QueueError naming the file when damaged."""
+    plan = read_plan(directory)
+    return plan, report_rows(RunQueue.open(directory).entries, plan)
+
+
 def counts(rows: Iterable[ReportRow]) -> dict[str, int]:
     found: dict[str, int] = {}
     for row in rows:
@@ -402,4 +428,4 @@ def counts(rows: Iterable[ReportRow]) -> dict[str, int]:
 __all__ = ["QUICK_MAX_STEPS", "QUICK_EPOCHS", "WITHIN_POINTS", "PLAN_FILE", "REPORT_MARKDOWN", "REPORT_JSON",
            "select_recipes", "quick_budget", "plan_reproduction", "create_reproduction", "write_plan", "read_plan",
            "Verdict", "verdict", "wall_seconds", "best_validation", "ReportRow", "report_row", "report_rows",
-           "row_cells", "render_markdown", "render_json", "short_source", "title", "COLUMNS"]
+           "row_cells", "render_markdown", "find_reproductions", "read_reproduction", "render_json", "short_source", "title", "COLUMNS"]
