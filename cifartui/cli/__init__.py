@@ -23,7 +23,7 @@ from cifartui.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, user_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cifartui.cli import control, listing, results, sweep, training
+    from cifartui.cli import control, listing, reproduce, results, sweep, training
 
     parser = argparse.ArgumentParser(
         prog="cifartui", description="Train CNNs on CIFAR-10/100: presets that reproduce published experiments. "
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "losing the connection leaves training (default: on over SSH, off otherwise)")
     parser.set_defaults(handler=training.cmd_app)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (training, control, sweep, listing, results):
+    for module in (training, control, sweep, reproduce, listing, results):
         module.add_parsers(commands)
     return parser
 

@@ -147,7 +147,10 @@ def cmd_runs(args: argparse.Namespace, console: Console) -> int:
     runs_dir = args.runs_dir or default_runs_dir()
     infos, problems = list_runs(runs_dir)
     sweeps = find_sweeps(runs_dir)
-    if not infos and not problems and not sweeps:
+    from cifartui.engine.reproduce import find_reproductions
+
+    reproductions = find_reproductions(runs_dir)
+    if not infos and not problems and not sweeps and not reproductions:
         console.print(f"No runs in {runs_dir}. Start one with: cifartui train demo-synthetic", highlight=False,
                       soft_wrap=True, markup=False)
         return EXIT_OK
@@ -157,9 +160,29 @@ def cmd_runs(args: argparse.Namespace, console: Console) -> int:
         problem = _print_sweep(sweep_dir, console)
         if problem:
             problems.append(problem)
+    for reproduction_dir in reproductions:
+        problem = _print_reproduction(reproduction_dir, console)
+        if problem:
+            problems.append(problem)
     for problem in problems:
         Console(stderr=True).print(f"[yellow]unreadable run:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     return EXIT_OK
+
+
+def _print_reproduction(directory: Path, console: Console) -> str:
+    """A reproduction's report as its files say now (its runs live inside it); a problem, if unreadable."""
+    from cifartui.cli.reproduce import report_table
+    from cifartui.engine.queue import QueueError
+    from cifartui.engine.reproduce import read_reproduction
+    from cifartui.engine.runs import RunDirError
+
+    try:
+        plan, rows = read_reproduction(directory)
+    except (QueueError, RunDirError) as error:
+        return str(error)
+    console.print(f"Reproduction {escape(directory.name)}:", highlight=False, soft_wrap=True)
+    console.print(report_table(rows, plan, console.size.width))
+    return ""
 
 
 def _print_runs(runs_dir: Path, infos: list[Any], console: Console) -> None:

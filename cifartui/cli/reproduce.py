@@ -1,0 +1,262 @@
+"""`reproduce`: train the seed recipes as written, several at once, and report reported vs reproduced accuracy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from cifartui.cli.common import EXIT_FAILED, EXIT_OK, SIGNAL_EXIT, check_output_file, pct, write_output
+from cifartui.config import ConfigError
+from cifartui.engine.reproduce import QUICK_EPOCHS, QUICK_MAX_STEPS, WITHIN_POINTS
+
+# Options that make the plan; a resumed reproduction keeps the plan it has.
+PLAN_OPTIONS = ("presets", "quick", "dataset", "sets", "runs_dir")
+
+DESCRIPTION = f"""\
+Train the seed recipes (presets whose reference names a write-up in reference.seed; all
+of them when no PRESET is named) exactly as written, several runs at once (one per GPU,
+one on the CPU, or --parallel per device), and print the reported accuracy beside the
+reproduced one: the test top-1 / top-5 for results reported on the test set, the best
+validation top-1 for those reported on a validation split. A run within
+{WITHIN_POINTS:g} point of the reported top-1 reads "within 1 point", else "below" or
+"above" by the difference. The table is also written as report.md and report.json in the
+reproduction directory (and to --markdown / --json). --quick trains every recipe for at
+most {QUICK_MAX_STEPS} steps ({QUICK_EPOCHS} epoch), so the whole table comes out on a CPU:
+it shows that the recipes train, and is marked quick, with no verdicts. --dataset and --set
+change every recipe, and the report marks it modified. An interrupted reproduction
+continues with --resume DIR: finished runs stay finished, interrupted ones resume from
+their checkpoints."""
+
+
+def add_parsers(commands: Any) -> None:
+    reproduce = commands.add_parser(
+        "reproduce", help="train the seed recipes as written and compare with their write-ups' results",
+        description=DESCRIPTION)
+    reproduce.set_defaults(handler=cmd_reproduce)
+    reproduce.add_argument("presets", nargs="*", metavar="PRESET",
+                           help="recipes to reproduce, in the table's order (default: every seed recipe)")
+    reproduce.add_argument("--quick", action="store_true",
+                           help=f"train each recipe for at most {QUICK_MAX_STEPS} steps ({QUICK_EPOCHS} epoch) "
+                           "instead of its own budget; the report is marked quick and judges nothing")
+    reproduce.add_argument("--dataset", help="swap every recipe's dataset part (e.g. synthetic); marks the report "
+                           "modified")
+    reproduce.add_argument("--set", dest="sets", action="append", default=[], metavar="PART.KEY=VALUE",
+                           help="override a setting of every recipe (repeatable); marks the report modified")
+    reproduce.add_argument("--parallel", type=int, metavar="P", help="runs at once on each device (default 1)")
+    reproduce.add_argument("--devices", metavar="LIST", help="which GPUs, e.g. 0,1 (default: every visible GPU)")
+    reproduce.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    reproduce.add_argument("--runs-dir", type=Path, help="where the reproduction directory is made (default ./runs "
+                           "or $CIFARTUI_RUNS)")
+    reproduce.add_argument("--data-dir", type=Path, help="where CIFAR lives or is downloaded (default: "
+                           "$CIFARTUI_DATA or the user cache dir)")
+    reproduce.add_argument("--markdown", type=Path, metavar="FILE", help="also write the report as Markdown here")
+    reproduce.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON here")
+    reproduce.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted reproduction")
+
+
+def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
+    from cifartui.engine.queue import RunQueue, plan_slots
+    from cifartui.engine.reproduce import read_plan
+
+    for path, option in ((args.markdown, "--markdown"), (args.json, "--json")):
+        if path is not None:
+            check_output_file(path, option)  # before any training, not found unwritable at its end
+    if args.resume is not None:
+        given = [name for name in PLAN_OPTIONS if getattr(args, name) not in (None, [], False)]
+        if given:
+            option = {"presets": "a PRESET", "sets": "--set"}.get(given[0], "--" + given[0].replace("_", "-"))
+            raise ConfigError("--resume", "", f"a resumed reproduction keeps its plan; {option} cannot change it "
+                              "(--parallel, --devices, --device, --data-dir, --markdown and --json can)")
+        plan = read_plan(args.resume)
+        queue = RunQueue.open(args.resume)
+        settings = queue.settings
+        slots = plan_slots(args.device or settings.get("device") or "auto",
+                           args.devices if args.devices is not None else settings.get("devices"),
+                           args.parallel if args.parallel is not None else settings.get("parallel"))
+        if args.data_dir is not None:
+            settings["data_dir"] = str(args.data_dir)  # for this drive; the queue keeps its own
+        queue.lock()
+    else:
+        plan, runs = _plan(args)
+        device = args.device or "auto"
+        slots = plan_slots(device, args.devices, args.parallel)  # before anything is written
+        queue = _create(args, plan, runs, device)
+    try:
+        return _drive(queue, plan, slots, args, console)
+    finally:
+        queue.unlock()
+
+
+def _plan(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
+    """The plan and its runs, every recipe loaded, changed as asked and its model built once; nothing written."""
+    from cifartui import presets
+    from cifartui.cli.training import _check_model
+    from cifartui.engine.reproduce import plan_reproduction, select_recipes
+
+    recipes = select_recipes(args.presets, load=presets.load, seed_recipes=presets.seed_recipes)
+    plan, runs = plan_reproduction(recipes, compose=presets.compose, quick=args.quick, dataset=args.dataset,
+                                   sets=args.sets)
+    checked: set[str] = set()
+    for run in runs:
+        model = repr((run.config.model, run.config.dataset.num_classes))
+        if model not in checked:
+            _check_model(run.config)
+            checked.add(model)
+    return plan, runs
+
+
+def _create(args: argparse.Namespace, plan: dict[str, Any], runs: list[Any], device: str) -> Any:
+    from cifartui.cli.common import check_output_dir
+    from cifartui.engine.reproduce import create_reproduction
+    from cifartui.engine.runs import default_runs_dir
+
+    runs_dir = check_output_dir(args.runs_dir or default_runs_dir(), "the runs folder")
+    queue = create_reproduction(runs_dir, plan, runs, device=device, parallel=args.parallel, devices=args.devices,
+                                data_dir=args.data_dir)
+    return queue.lock()
+
+
+def _drive(queue: Any, plan: dict[str, Any], slots: list[str], args: argparse.Namespace, console: Console) -> int:
+    from cifartui.engine.queue import QueueRunner
+    from cifartui.engine.reproduce import REPORT_JSON, REPORT_MARKDOWN, render_json, render_markdown, report_rows
+
+    display = ReproduceDisplay(console, queue)
+    runner = QueueRunner(queue, slots, listener=display)
+    received: list[int] = []
+
+    def on_signal(number: int, _frame: Any) -> None:
+        received.append(number)
+        runner.stop()  # a second signal makes the runs leave at once, their last checkpoints intact
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in SIGNAL_EXIT:
+            previous[number] = signal.signal(number, on_signal)
+    where = ", ".join(sorted(set(slots)))
+    quick = " (quick)" if plan.get("quick") else ""
+    console.print(f"Reproduction{quick} of {len(queue.entries)} recipes, {len(slots)} at once ({escape(where)}). "
+                  f"Reproduction directory: {escape(str(queue.directory))}", highlight=False, soft_wrap=True)
+    if plan.get("modified"):
+        console.print(f"Modified: {escape(', '.join(plan['modified']))}; the recipes are not trained as written.",
+                      highlight=False, soft_wrap=True)
+    try:
+        with display:
+            runner.run()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    rows = report_rows(queue.entries, plan)
+    console.print(report_table(rows, plan, console.size.width))
+    markdown = render_markdown(rows, plan, queue.directory)
+    data = json.dumps(render_json(rows, plan, queue.directory), indent=2) + "\n"
+    write_output(queue.directory / REPORT_MARKDOWN, markdown, "the Markdown report")
+    write_output(queue.directory / REPORT_JSON, data, "the JSON report")
+    if args.markdown is not None:
+        write_output(args.markdown, markdown, "--markdown")
+    if args.json is not None:
+        write_output(args.json, data, "--json")
+    console.print(f"Report: {escape(str(queue.directory / REPORT_MARKDOWN))} and {REPORT_JSON}", highlight=False,
+                  soft_wrap=True)
+    counts = queue.counts()
+    for entry in queue.entries:
+        if entry.state == "failed":
+            console.print(f"[bold red]{escape(str(entry.label.get('recipe')))} failed:[/] {escape(entry.message)} "
+                          f"(output in {escape(str(entry.output_path))})", highlight=False, soft_wrap=True)
+    if received or counts["interrupted"] or counts["pending"] or counts["waiting"] or counts["running"]:
+        console.print("Reproduction interrupted. Continue it with: cifartui reproduce --resume "
+                      f"{escape(str(queue.directory))}", highlight=False, soft_wrap=True)
+        return SIGNAL_EXIT.get(received[0], 130) if received else EXIT_FAILED
+    return EXIT_FAILED if counts["failed"] else EXIT_OK
+
+
+VERDICT_STYLE = {"within": "bold green", "below": "yellow", "above": "cyan", "quick": "dim", "failed": "bold red",
+                 "not run": "dim", "interrupted": "yellow", "no result": "magenta"}
+
+
+def report_table(rows: list[Any], plan: dict[str, Any], width: int = 200) -> Table:
+    """The report for a terminal `width` columns wide; below 140 the source column shows only the write-up's number."""
+    from cifartui.engine.reproduce import COLUMNS, row_cells, title
+
+    caption = None
+    if plan.get("modified"):
+        caption = "modified: " + ", ".join(plan["modified"])
+    narrow = width < 140
+    table = Table(title=title(plan), caption=caption, show_header=True, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+                  width=width if narrow else None)
+    for column in COLUMNS:
+        # Everything may wrap: on an 80-column terminal the eight columns fit only so.
+        table.add_column(column, justify="right" if column in ("reported", "reproduced", "epochs", "wall time")
+                         else "left", overflow="fold")
+    for row in rows:
+        cells = row_cells(row)
+        if narrow:  # the write-up by its number alone (NNN of NNN_hash; report.md has it all); the split below
+            cells[1] = row.seed.split("_", 1)[0] if row.seed else "-"
+            cells[2] = cells[2].replace(" (", "\n(")
+        table.add_row(*cells[:-1], Text(cells[-1], style=VERDICT_STYLE.get(row.verdict, "")))
+    return table
+
+
+STATE_STYLE = {"pending": "dim", "running": "bold cyan", "waiting": "yellow", "finished": "green",
+               "failed": "bold red", "stopped": "magenta", "interrupted": "yellow"}
+
+
+class ReproduceDisplay:
+    """The runs as a Rich live table on a terminal; a line per change of state elsewhere (logs, pipes)."""
+
+    def __init__(self, console: Console, queue: Any):
+        self.console = console
+        self.queue = queue
+        self.live = Live(console=console, auto_refresh=False, transient=False) if console.is_terminal else None
+
+    def __enter__(self) -> "ReproduceDisplay":
+        if self.live is not None:
+            self.live.start()
+            self.live.update(self.render(), refresh=True)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.live is not None:
+            self.live.update(self.render(), refresh=True)
+            self.live.stop()
+
+    def __call__(self, event: Any) -> None:
+        from cifartui.engine.queue import EntryChanged
+
+        if self.live is not None:
+            self.live.update(self.render(), refresh=True)
+        elif isinstance(event, EntryChanged):
+            entry = next(e for e in self.queue.entries if e.key == event.key)
+            line = Text(f"{entry.label.get('recipe', entry.key)}: ")
+            line.append(event.new, style=STATE_STYLE.get(event.new, ""))
+            if event.message:
+                line.append(f" - {event.message}")
+            self.console.print(line, highlight=False, soft_wrap=True)
+
+    def render(self) -> Any:
+        table = Table(show_header=True, header_style="bold", expand=False)
+        for name in ("recipe", "device", "status", "epoch", "best val top-1"):
+            table.add_column(name, justify="right" if name in ("epoch", "best val top-1") else "left")
+        entries = self.queue.entries
+        room = max(5, self.console.size.height - 6)
+        shown = sorted(entries, key=lambda e: (e.state != "running", e.key))[:room]
+        for entry in sorted(shown, key=lambda e: e.key):
+            epochs = f"{entry.progress.epochs_done}/{entry.epochs}" if entry.state != "pending" else ""
+            table.add_row(str(entry.label.get("recipe", entry.key)), entry.device or "",
+                          Text(entry.state, style=STATE_STYLE.get(entry.state, "")), epochs,
+                          pct(entry.progress.best_val_top1))
+        counts = self.queue.counts()
+        summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+        hidden = len(entries) - len(shown)
+        more = f" ({hidden} more not shown)" if hidden > 0 else ""
+        return Group(table, Text(f"{summary}{more}", style="dim"))
