@@ -42,7 +42,7 @@ from cifartui.engine.optim import build_optimizer
 from cifartui.engine.runs import (RunBusy, RunLock, is_locked, read_config, read_status, write_json_atomic,
                                   write_status)
 from cifartui.engine.schedules import DropoutSchedule, LRSchedule
-from cifartui.engine.settings import (OPTIMIZER_HYPERPARAMETERS, Change, LiveSettings, parse_assignments,
+from cifartui.engine.settings import (CHANGEABLE, OPTIMIZER_HYPERPARAMETERS, Change, LiveSettings, parse_assignments,
                                       when_applied)
 from cifartui.engine.step import (CudaGraphBackend, GraphedSteps, NonFiniteWatch, StepState, TrainStep,
                                   graph_plan)
@@ -247,6 +247,13 @@ class Trainer:
                         f"{path}: the run's config.json describes another {part} than the one it was trained "
                         f"with ({_describe_part(getattr(launched, part))} in config.json, "
                         f"{_describe_part(getattr(settings.config, part))} in the checkpoint)")
+            edited = _edited_after_start(launched, settings.config)
+            if edited:
+                key, in_file, trained = edited
+                raise CheckpointError(
+                    f"{path}: cannot resume: the run's config.json sets {key} = {in_file!r}, but the run was trained "
+                    f"with {trained!r}, and {key} cannot change in the middle of a run; put config.json back, "
+                    "or start a new run (or a branch) with the new value")
         # The device is this session's choice, not part of the run's settings.
         settings.config = replace_path(settings.config, "train.device", launched.train.device, "--device")
         self.settings = settings
@@ -1037,6 +1044,28 @@ def _is_out_of_memory(error: BaseException) -> bool:
         return True
     text = str(error)
     return "can't allocate memory" in text or "DefaultCPUAllocator" in text
+
+
+def _edited_after_start(launched: RunConfig, trained: RunConfig) -> tuple[str, Any, Any] | None:
+    """A setting config.json holds that differs from the trained one and could not have changed mid-run.
+
+    Settings that change mid-run live in the checkpoint and win over config.json (which keeps
+    the launch values); names, notes and the device are the session's to change.
+    """
+    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            for key, child in value.items():
+                out.update(flat(child, f"{prefix}.{key}" if prefix else key))
+            return out
+        return {prefix: value}
+    ours, theirs = flat(to_plain(launched)), flat(to_plain(trained))
+    for key in sorted(set(ours) | set(theirs)):
+        if key in CHANGEABLE or key in ("name", "description", "train.device") or key.startswith("reference."):
+            continue
+        if ours.get(key) != theirs.get(key):
+            return key, ours.get(key), theirs.get(key)
+    return None
 
 
 def _describe_part(part: Any) -> str:
