@@ -20,8 +20,6 @@ from typing import Any
 
 import numpy as np
 from platformdirs import user_cache_dir
-from torchvision.datasets import CIFAR10, CIFAR100
-from torchvision.datasets.utils import download_and_extract_archive
 
 from cifartui.config import DatasetConfig
 
@@ -62,15 +60,38 @@ class Archive:
     meta_file: str
 
 
-# The URLs and published MD5s are torchvision's own, so they stay in one place.
-ARCHIVES = {
-    "cifar10": Archive(CIFAR10.url, CIFAR10.filename, CIFAR10.tgz_md5, CIFAR10.base_folder,
-                       tuple(name for name, _ in CIFAR10.train_list), CIFAR10.test_list[0][0],
-                       CIFAR10.meta["filename"]),
-    "cifar100": Archive(CIFAR100.url, CIFAR100.filename, CIFAR100.tgz_md5, CIFAR100.base_folder,
-                        tuple(name for name, _ in CIFAR100.train_list), CIFAR100.test_list[0][0],
-                        CIFAR100.meta["filename"]),
-}
+class _TorchvisionArchives(dict):
+    """The CIFAR archives, by dataset name, from torchvision's own URLs and published MD5s
+    (so they stay in one place), read on first use: importing torchvision takes about two
+    seconds, which a run on the synthetic set never needs. Entries set by hand stay."""
+
+    def _fill(self) -> None:
+        if getattr(self, "_filled", False):
+            return
+        self._filled = True
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        for name, source in (("cifar10", CIFAR10), ("cifar100", CIFAR100)):
+            self.setdefault(name, Archive(source.url, source.filename, source.tgz_md5, source.base_folder,
+                                          tuple(file for file, _ in source.train_list), source.test_list[0][0],
+                                          source.meta["filename"]))
+
+    def __missing__(self, key: str) -> Archive:
+        self._fill()
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        self._fill()
+        return dict.__contains__(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self._fill()
+        return dict.get(self, key, default)
+
+
+ARCHIVES: dict[str, Archive] = _TorchvisionArchives()
 
 
 DOWNLOAD_TIMEOUT_S = 60
@@ -281,6 +302,8 @@ def load_cifar(name: str, root: Path, *, coarse: bool = False, download: bool = 
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
         try:
             root.mkdir(parents=True, exist_ok=True)
+            from torchvision.datasets.utils import download_and_extract_archive
+
             download_and_extract_archive(archive.url, str(root), filename=archive.filename, md5=archive.md5)
         except (urllib.error.URLError, socket.timeout) as error:
             reason = getattr(error, "reason", error)
