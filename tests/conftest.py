@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -33,7 +34,11 @@ def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     # Over SSH the app starts runs in the background by default; tests choose explicitly.
     monkeypatch.delenv("SSH_CONNECTION", raising=False)
     monkeypatch.delenv("SSH_TTY", raising=False)
-    torch.set_num_threads(2)
+    # Tests run in one process per CPU (pytest-xdist): each, and what it starts, keeps to
+    # its share of the cores rather than every one fighting for all of them.
+    threads = max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    torch.set_num_threads(min(threads, 2))
+    monkeypatch.setenv("OMP_NUM_THREADS", str(min(threads, 2)))
 
 
 def tiny_config(**train: object) -> RunConfig:

@@ -35,6 +35,8 @@ async def settled(pilot, app) -> None:  # noqa: ANN001
                 return False
             if log._wrapped_at != log.scrollable_content_region.width:
                 return False
+            if panel.lr_history.ys and not panel.query_one("#lr-spark").data:  # the sparklines too
+                return False
         for chart in app.screen.query(MetricChart):  # drawn, not only computed
             if chart.dirty or chart._needs_rerender:
                 return False

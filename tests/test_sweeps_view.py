@@ -428,9 +428,10 @@ def test_sweeps_key_is_in_the_footer_help_and_palette(tmp_path: Path) -> None:
     assert "[b]S[/b]       sweeps" in HELP_TEXT
 
 
-def test_sweep_form_snapshot(snap_compare, tmp_path: Path) -> None:  # noqa: ANN001
+def test_sweep_form_snapshot(snap_compare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     user_preset(Path(os.environ["CIFARTUI_CONFIG"]))
-    app = make_app(runs_dir=tmp_path / "runs", offer_resume=False)
+    monkeypatch.chdir(tmp_path)  # the view behind the form shows the runs folder: the same text in every run
+    app = make_app(runs_dir=Path("runs"), offer_resume=False)
 
     async def fill_form(pilot) -> None:  # noqa: ANN001
         await pilot.press("S")

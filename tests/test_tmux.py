@@ -60,7 +60,8 @@ def test_run_pause_and_hangup_in_tmux(tmp_path: Path, ending: str) -> None:
         "CIFARTUI_DATA": str(tmp_path / "data"), "CIFARTUI_CONFIG": str(tmp_path / "config"),
         "TERM": "tmux-256color", "COLORTERM": ""}.items())
     command = (f"echo $$ > {pid_file}; exec env {env} {shlex.quote(sys.executable)} -m cifartui.cli run "
-               f"demo-synthetic --epochs 50 --device cpu --no-detach --runs-dir {shlex.quote(str(runs))}")
+               f"demo-synthetic --epochs 50 --set dataset.train_size=3000 --device cpu --no-detach "
+               f"--runs-dir {shlex.quote(str(runs))}")
     _tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", f"bash -c {shlex.quote(command)}")
     try:
         first = _wait_for_screen(session, r"RUNNING .* step ([\d,]+)/")
