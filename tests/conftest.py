@@ -6,6 +6,7 @@ import dataclasses
 import io
 import os
 import pickle
+import signal
 import tarfile
 from pathlib import Path
 
@@ -15,6 +16,14 @@ import torch
 
 from cifartui.config import (AugmentConfig, DatasetConfig, ModelConfig, OptimizerConfig, RunConfig,
                              TrainConfig)
+
+
+# A shell starts a background job with SIGINT and SIGQUIT ignored, and the commands the
+# tests start would inherit that (cifartui respects an ignored signal, as under nohup).
+# The tests that press Ctrl-C need it delivered, so the test processes take it back.
+for _number in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+    if signal.getsignal(_number) == signal.SIG_IGN:
+        signal.signal(_number, signal.default_int_handler if _number == signal.SIGINT else signal.SIG_DFL)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

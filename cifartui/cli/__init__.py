@@ -66,6 +66,61 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+# Commands that never load PyTorch (listing, control, CSV/JSON export), and help.
+LIGHT_WORDS = frozenset({"presets", "runs", "control", "export", "-h", "--help"})
+
+
+def run() -> None:
+    """The `cifartui` command and `python -m cifartui[.cli]`: main(), safe to Ctrl-C at any moment.
+
+    A KeyboardInterrupt raised while PyTorch's C++ code imports itself, or while its
+    finalizers run as the interpreter exits, cannot be caught: it aborts the process or
+    is printed and dropped. So while PyTorch loads a Ctrl-C is only noted (and ends the
+    command with 130 once it has loaded), and after main() has returned one ends the
+    process with 130 at once. A SIGINT the command was started with ignored (a
+    background job) stays ignored.
+    """
+    import signal
+
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if not ignored and _interrupted_while_torch_loads(sys.argv[1:]):
+        sys.stderr.write("Interrupted.\n")
+        sys.exit(EXIT_INTERRUPTED)
+    code = main()
+    if not ignored:
+        signal.signal(signal.SIGINT, _leave_interrupted)
+    sys.exit(code)
+
+
+def _interrupted_while_torch_loads(argv: Sequence[str]) -> bool:
+    """Load PyTorch with Ctrl-C only noted, for commands that need it; whether one came."""
+    import signal
+
+    if any(word in LIGHT_WORDS for word in argv):
+        return False
+    noted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, _frame: noted.append(number))
+    try:
+        import torch  # noqa: F401
+    except Exception:  # noqa: BLE001 - main() reports a broken installation in its own words
+        pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return bool(noted)
+
+
+def _leave_interrupted(_number: int, _frame: object) -> None:
+    """Ctrl-C once the command is done and the interpreter exits: 130, without a traceback."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(EXIT_INTERRUPTED)
+
+
 def _forget_unhandled_interrupt() -> None:
     """Let the interpreter exit with our code after a Ctrl-C that was handled.
 
@@ -83,4 +138,4 @@ def _forget_unhandled_interrupt() -> None:
         pass
 
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "run", "build_parser"]
