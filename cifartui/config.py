@@ -273,6 +273,16 @@ class RunConfig:
 PARTS = ("dataset", "model", "optimizer", "augment")
 
 
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested plain dicts (a config's to_plain) as one dict of dotted keys: {"optimizer.lr": 0.1, ...}."""
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, child in value.items():
+            flat.update(flatten(child, f"{prefix}.{key}" if prefix else key))
+        return flat
+    return {prefix: value}
+
+
 def to_plain(value: Any) -> Any:
     """A config as plain dicts, lists and scalars (JSON- and TOML-friendly)."""
     if dataclasses.is_dataclass(value):

@@ -63,14 +63,8 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
             raise ConfigError("--resume", "", f"a resumed sweep keeps its plan; {option} cannot change it "
                               "(--parallel, --devices, --device, --data-dir and --json can)")
         plan = read_plan(args.resume)
-        queue = RunQueue.open(args.resume)
-        settings = queue.settings
-        slots = plan_slots(args.device or settings.get("device") or "auto",
-                           args.devices if args.devices is not None else settings.get("devices"),
-                           args.parallel if args.parallel is not None else settings.get("parallel"))
-        if args.data_dir is not None:
-            settings["data_dir"] = str(args.data_dir)  # for this drive; the queue keeps its own
-        queue.lock()
+        queue, slots = RunQueue.resume(args.resume, device=args.device, devices=args.devices,
+                                       parallel=args.parallel, data_dir=args.data_dir)
     else:
         if args.preset is None:
             raise ConfigError("sweep", "", "expected a PRESET to sweep, or --resume SWEEP_DIR")

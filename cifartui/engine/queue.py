@@ -163,6 +163,20 @@ class RunQueue:
         return cls(directory, settings, entries)
 
     @classmethod
+    def resume(cls, directory: Path, *, device: str | None, devices: str | None, parallel: int | None,
+               data_dir: Path | None) -> tuple["RunQueue", list[str]]:
+        """An interrupted queue, locked by this process, and its slots: what is given now wins over
+        what the queue was made with (a data dir given now serves this drive only)."""
+        queue = cls.open(directory)
+        settings = queue.settings
+        slots = plan_slots(device or settings.get("device") or "auto",
+                           devices if devices is not None else settings.get("devices"),
+                           parallel if parallel is not None else settings.get("parallel"))
+        if data_dir is not None:
+            settings["data_dir"] = str(data_dir)
+        return queue.lock(), slots
+
+    @classmethod
     def open(cls, directory: Path, *, progress: Callable[[Path], RunProgress] | None = None) -> "RunQueue":
         """Read a queue; an entry whose process is gone reads as interrupted (or finished, if it did).
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cifartui.config import ConfigError, RunConfig, from_mapping, replace_path, to_plain
+from cifartui.config import ConfigError, RunConfig, flatten, from_mapping, replace_path, to_plain
 from cifartui.engine import events as ev
 from cifartui.engine.augment import Augmenter, Preprocessor
 from cifartui.engine.channel import ControlInbox
@@ -1052,14 +1052,7 @@ def _edited_after_start(launched: RunConfig, trained: RunConfig) -> tuple[str, A
     Settings that change mid-run live in the checkpoint and win over config.json (which keeps
     the launch values); names, notes and the device are the session's to change.
     """
-    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
-        if isinstance(value, dict):
-            out: dict[str, Any] = {}
-            for key, child in value.items():
-                out.update(flat(child, f"{prefix}.{key}" if prefix else key))
-            return out
-        return {prefix: value}
-    ours, theirs = flat(to_plain(launched)), flat(to_plain(trained))
+    ours, theirs = flatten(to_plain(launched)), flatten(to_plain(trained))
     for key in sorted(set(ours) | set(theirs)):
         if key in CHANGEABLE or key in ("name", "description", "train.device") or key.startswith("reference."):
             continue

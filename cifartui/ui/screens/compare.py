@@ -27,6 +27,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Header, Input, Select, Static
 
+from cifartui.config import flatten
 from cifartui.engine.runs import RunDirError, read_config, read_metrics
 from cifartui.engine.settings import effective_config
 from cifartui.ui.text import plural
@@ -45,15 +46,6 @@ SHORT = {"dataset.name": "", "model.name": "", "optimizer.name": "", "optimizer.
          "optimizer.schedule.name": "", "train.batch_size": "batch ", "train.epochs": "", "train.seed": "seed "}
 LABEL_SETTINGS = 4
 RELOAD_EVERY_S = 2.0
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        flat: dict[str, Any] = {}
-        for key, child in value.items():
-            flat.update(flatten(child, f"{prefix}.{key}" if prefix else key))
-        return flat
-    return {prefix: value}
 
 
 def differing_settings(configs: list[dict]) -> list[str]:
