@@ -458,3 +458,25 @@ def test_listing_and_exporting_runs_do_not_load_pytorch(export_run: Path) -> Non
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_only_headless_commands_load_pytorch_before_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app draws its first screen before PyTorch loads; train and the like load it first, Ctrl-C only noted."""
+    import signal
+
+    from cifartui import cli
+
+    handlers: list[object] = []
+    real_signal = signal.signal
+
+    def recording_signal(number, handler):  # noqa: ANN001, ANN202
+        handlers.append(handler)
+        return real_signal(number, handler)
+    monkeypatch.setattr(signal, "signal", recording_signal)
+    before = signal.getsignal(signal.SIGINT)
+    for argv in ([], ["--runs-dir", "runs"], ["run", "demo-synthetic"], ["runs"], ["presets"], ["train", "-h"]):
+        assert cli._interrupted_while_torch_loads(argv) is False
+        assert not handlers, argv  # the SIGINT handler was never touched
+    assert cli._interrupted_while_torch_loads(["train", "demo-synthetic"]) is False
+    assert len(handlers) == 2 and handlers[-1] is before  # noted during the import, then put back
+    assert signal.getsignal(signal.SIGINT) is before

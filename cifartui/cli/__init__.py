@@ -66,8 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-# Commands that never load PyTorch (listing, control, CSV/JSON export), and help.
-LIGHT_WORDS = frozenset({"presets", "runs", "control", "export", "-h", "--help"})
+# Headless commands that load PyTorch before they do anything (the app draws its first
+# screen first and loads it later; listing, control and CSV/JSON export never do).
+TORCH_COMMANDS = frozenset({"train", "resume", "branch", "inspect", "predict", "sweep", "reproduce"})
 
 
 def run() -> None:
@@ -96,7 +97,7 @@ def _interrupted_while_torch_loads(argv: Sequence[str]) -> bool:
     """Load PyTorch with Ctrl-C only noted, for commands that need it; whether one came."""
     import signal
 
-    if any(word in LIGHT_WORDS for word in argv):
+    if not TORCH_COMMANDS.intersection(argv) or {"-h", "--help"}.intersection(argv):
         return False
     noted: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda number, _frame: noted.append(number))
