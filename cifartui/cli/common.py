@@ -7,6 +7,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PAUSED_HEADLESS = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
@@ -134,3 +135,37 @@ def write_output(path: Path, text: str, what: str) -> None:
         Path(path).write_text(text, encoding="utf-8")
     except OSError as error:
         raise OutputPathError(f"{path}: cannot write {what}: {_reason(error)}") from None
+
+
+STATE_STYLE = {"pending": "dim", "running": "bold cyan", "waiting": "yellow", "finished": "green",
+               "failed": "bold red", "stopped": "magenta", "interrupted": "yellow"}
+
+
+class LiveQueueTable:
+    """A queue's runs as a Rich live table on a terminal (`render` draws it); elsewhere (logs,
+    pipes) nothing is redrawn and the subclass prints a line per change of state."""
+
+    def __init__(self, console: Any, queue: Any):
+        from rich.live import Live
+
+        self.console = console
+        self.queue = queue
+        self.live = Live(console=console, auto_refresh=False, transient=False) if console.is_terminal else None
+
+    def render(self) -> Any:
+        raise NotImplementedError
+
+    def redraw(self) -> None:
+        if self.live is not None:
+            self.live.update(self.render(), refresh=True)
+
+    def __enter__(self) -> "LiveQueueTable":
+        if self.live is not None:
+            self.live.start()
+            self.redraw()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.live is not None:
+            self.redraw()
+            self.live.stop()

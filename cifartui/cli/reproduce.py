@@ -11,12 +11,12 @@ from typing import Any
 
 from rich import box
 from rich.console import Console, Group
-from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from cifartui.cli.common import EXIT_FAILED, EXIT_OK, SIGNAL_EXIT, check_output_file, pct, write_output
+from cifartui.cli.common import (EXIT_FAILED, EXIT_OK, SIGNAL_EXIT, STATE_STYLE, LiveQueueTable, check_output_file,
+                                 pct, write_output)
 from cifartui.config import ConfigError
 from cifartui.engine.reproduce import QUICK_EPOCHS, QUICK_MAX_STEPS, WITHIN_POINTS
 
@@ -201,34 +201,16 @@ def report_table(rows: list[Any], plan: dict[str, Any], width: int = 200) -> Tab
     return table
 
 
-STATE_STYLE = {"pending": "dim", "running": "bold cyan", "waiting": "yellow", "finished": "green",
-               "failed": "bold red", "stopped": "magenta", "interrupted": "yellow"}
 
 
-class ReproduceDisplay:
+class ReproduceDisplay(LiveQueueTable):
     """The runs as a Rich live table on a terminal; a line per change of state elsewhere (logs, pipes)."""
-
-    def __init__(self, console: Console, queue: Any):
-        self.console = console
-        self.queue = queue
-        self.live = Live(console=console, auto_refresh=False, transient=False) if console.is_terminal else None
-
-    def __enter__(self) -> "ReproduceDisplay":
-        if self.live is not None:
-            self.live.start()
-            self.live.update(self.render(), refresh=True)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        if self.live is not None:
-            self.live.update(self.render(), refresh=True)
-            self.live.stop()
 
     def __call__(self, event: Any) -> None:
         from cifartui.engine.queue import EntryChanged
 
         if self.live is not None:
-            self.live.update(self.render(), refresh=True)
+            self.redraw()
         elif isinstance(event, EntryChanged):
             entry = next(e for e in self.queue.entries if e.key == event.key)
             line = Text(f"{entry.label.get('recipe', entry.key)}: ")

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
-from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from cifartui.cli.common import EXIT_FAILED, EXIT_OK, SIGNAL_EXIT
+from cifartui.cli.common import EXIT_FAILED, EXIT_OK, SIGNAL_EXIT, STATE_STYLE, LiveQueueTable
 from cifartui.cli.training import preset_options
 from cifartui.config import ConfigError
 
@@ -168,30 +167,13 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}%"
 
 
-STATE_STYLE = {"pending": "dim", "running": "bold cyan", "waiting": "yellow", "finished": "green",
-               "failed": "bold red", "stopped": "magenta", "interrupted": "yellow"}
-
-
-class SweepDisplay:
+class SweepDisplay(LiveQueueTable):
     """The sweep's runs as a Rich live table on a terminal; a line per change of state elsewhere (logs, pipes)."""
 
     def __init__(self, console: Console, queue: Any, plan: dict[str, Any]):
-        self.console = console
-        self.queue = queue
+        super().__init__(console, queue)
         self.varied = list(plan.get("varied", []))
-        self.live = Live(console=console, auto_refresh=False, transient=False) if console.is_terminal else None
         self.recent: list[str] = []  # keys of runs in the order they last changed
-
-    def __enter__(self) -> "SweepDisplay":
-        if self.live is not None:
-            self.live.start()
-            self.live.update(self.render(), refresh=True)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        if self.live is not None:
-            self.live.update(self.render(), refresh=True)
-            self.live.stop()
 
     def __call__(self, event: Any) -> None:
         from cifartui.engine.queue import EntryChanged
@@ -202,8 +184,7 @@ class SweepDisplay:
             self.recent.append(event.key)
             if self.live is None:
                 self._print_change(event)
-        if self.live is not None:
-            self.live.update(self.render(), refresh=True)
+        self.redraw()
 
     def _print_change(self, event: Any) -> None:
         entry = next(e for e in self.queue.entries if e.key == event.key)

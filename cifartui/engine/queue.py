@@ -52,6 +52,7 @@ ENDED_STATES = ("finished", "failed", "stopped")  # a later drive leaves these a
 # What `cifartui train` exits with when a signal stopped it after writing a checkpoint.
 SIGNAL_EXIT_CODES = (129, 130, 143)
 EXIT_USAGE = 2
+TRASH = ".trash"  # where History puts deleted runs and sweeps
 
 
 class QueueError(RunDirError):
@@ -272,6 +273,24 @@ class RunQueue:
         for entry in self.entries:
             counts[entry.state] += 1
         return counts
+
+
+def find_queue_dirs(runs_dir: Path, marker: str) -> list[Path]:
+    """The folders of a runs directory that hold `marker` (a sweep's or reproduction's plan),
+    newest first (their names start with the UTC time); the trash is not looked in."""
+    root = Path(runs_dir)
+    try:
+        children = sorted(root.iterdir(), reverse=True) if root.is_dir() else []
+    except OSError:
+        return []
+    found = []
+    for child in children:
+        try:
+            if child.name != TRASH and child.is_dir() and (child / marker).is_file():
+                found.append(child)
+        except OSError:
+            continue
+    return found
 
 
 def _read_json(path: Path, hint: str) -> dict[str, Any]:

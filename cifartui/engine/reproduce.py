@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from cifartui.config import ConfigError, RunConfig, replace_path
-from cifartui.engine.queue import PlannedRun, QueueEntry, QueueError, RunQueue, load_summary
+from cifartui.engine.queue import PlannedRun, QueueEntry, QueueError, RunQueue, find_queue_dirs, load_summary
 
 REPRODUCTION_FORMAT = "cifartui-reproduction-1"
 REPORT_FORMAT = "cifartui-reproduction-report-1"
@@ -397,19 +397,7 @@ def render_json(rows: Sequence[ReportRow], plan: Mapping[str, Any], directory: P
 
 def find_reproductions(runs_dir: Path) -> list[Path]:
     """The reproduction directories in a runs directory, newest first (their names start with the UTC time)."""
-    root = Path(runs_dir)
-    try:
-        children = sorted(root.iterdir(), reverse=True) if root.is_dir() else []
-    except OSError:
-        return []
-    found = []
-    for child in children:
-        try:
-            if child.is_dir() and (child / PLAN_FILE).is_file():
-                found.append(child)
-        except OSError:
-            continue
-    return found
+    return find_queue_dirs(runs_dir, PLAN_FILE)
 
 
 def read_reproduction(directory: Path) -> tuple[dict[str, Any], list[ReportRow]]:

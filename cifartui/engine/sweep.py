@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from cifartui.config import ConfigError, RunConfig, replace_path, to_plain
-from cifartui.engine.queue import PlannedRun, QueueEntry, QueueError, RunQueue, load_summary
+from cifartui.engine.queue import PlannedRun, QueueEntry, QueueError, RunQueue, find_queue_dirs, load_summary
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -468,7 +468,6 @@ def read_plan(directory: Path) -> dict[str, Any]:
 
 PLAN_FILE = "sweep.json"
 DRIVER_LOG = "sweep.log"  # the output of a sweep process started in the background (by the app)
-TRASH = ".trash"
 
 
 def is_sweep_dir(directory: Path) -> bool:
@@ -477,19 +476,7 @@ def is_sweep_dir(directory: Path) -> bool:
 
 def find_sweeps(runs_dir: Path) -> list[Path]:
     """The sweep directories in a runs directory, newest first (their names start with the UTC time)."""
-    root = Path(runs_dir)
-    try:
-        children = sorted(root.iterdir(), reverse=True) if root.is_dir() else []
-    except OSError:
-        return []
-    found = []
-    for child in children:
-        try:
-            if child.name != TRASH and child.is_dir() and is_sweep_dir(child):
-                found.append(child)
-        except OSError:
-            continue
-    return found
+    return find_queue_dirs(runs_dir, PLAN_FILE)
 
 
 def sweep_run_dirs(sweep_dir: Path) -> list[tuple[str, Path]]:
