@@ -25,10 +25,10 @@ import torch
 
 from cifartui import presets
 from cifartui.config import DatasetConfig
-from cifartui.engine.augment import Preprocessor
-from cifartui.engine.data import load_dataset
-from cifartui.engine.models import build_model, dropout_groups
-from cifartui.engine.optim import build_optimizer
+from cifartui.engine.train.augment import Preprocessor
+from cifartui.engine.train.data import load_dataset
+from cifartui.engine.train.models import build_model, dropout_groups
+from cifartui.engine.train.optim import build_optimizer
 
 
 def fixed_batch(data: str, batch: int, fit_images: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -64,7 +64,7 @@ checkpoint_minutes = 0.0005  # about every 30 ms, so kills often land mid-write
 
 
 def _load(path: Path) -> dict:
-    from cifartui.engine.checkpoint import load_checkpoint
+    from cifartui.engine.runs.checkpoint import load_checkpoint
     return load_checkpoint(path)
 
 
@@ -246,7 +246,7 @@ def damaged_run_case(base_run: Path, work: Path, target: str, content: bytes) ->
     history shows must mark a run whose config.json is unusable as broken, naming the
     file, and the app's reading of metrics lines must not raise.
     """
-    from cifartui.engine.runs import RunDirError, list_runs, read_config
+    from cifartui.engine.runs.folders import RunDirError, list_runs, read_config
     from cifartui.ui.app import event_from_json
 
     work.mkdir(parents=True)
@@ -394,7 +394,7 @@ checkpoint_minutes = 0.0
 def interrupted_checkpoint_trials(count: int) -> dict:
     """A first SIGINT stops a run (VGG-11, a 75 MB checkpoint), a second one lands while that checkpoint is
     written: exit 130, no "run failed", the previous checkpoint loads, no temporary file is left."""
-    from cifartui.engine.checkpoint import CheckpointError
+    from cifartui.engine.runs.checkpoint import CheckpointError
 
     results = []
     with tempfile.TemporaryDirectory() as folder:

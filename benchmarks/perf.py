@@ -58,8 +58,8 @@ def plain_loop(preset: str, device_name: str, workers: int, max_steps: int, epoc
     from torchvision import transforms
 
     from cifartui import presets
-    from cifartui.engine.data import load_dataset, split_validation
-    from cifartui.engine.models import build_model
+    from cifartui.engine.train.data import load_dataset, split_validation
+    from cifartui.engine.train.models import build_model
 
     config = presets.compose(presets.load(preset), dataset="synthetic", epochs=epochs, device=device_name,
                              sets=list(sets))
@@ -233,7 +233,7 @@ def airbench_loop(out: Path) -> None:
 
     import airbench
     from cifartui.config import DatasetConfig
-    from cifartui.engine.data import load_dataset
+    from cifartui.engine.train.data import load_dataset
 
     data = load_dataset(DatasetConfig(name="synthetic", classes=10, train_size=50000, test_size=10000,
                                       val_fraction=0.0))

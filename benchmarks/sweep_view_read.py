@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cifartui.config import DatasetConfig, ModelConfig, OptimizerConfig, RunConfig, TrainConfig  # noqa: E402
-from cifartui.engine.queue import PlannedRun, ProgressTails, RunQueue, read_progress  # noqa: E402
-from cifartui.engine.sweep import read_sweep, write_plan  # noqa: E402
+from cifartui.engine.orchestration.queue import PlannedRun, ProgressTails, RunQueue, read_progress  # noqa: E402
+from cifartui.engine.orchestration.sweep import read_sweep, write_plan  # noqa: E402
 
 EPOCH_EVERY = 500
 

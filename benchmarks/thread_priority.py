@@ -67,7 +67,7 @@ def measure(scheme: str, seconds: float) -> dict[str, Any]:
     def import_and_warm_up() -> None:  # the app's import thread, at nice 0
         import torch
 
-        from cifartui.engine.models import build_model
+        from cifartui.engine.train.models import build_model
         from cifartui.config import ModelConfig
 
         with torch.no_grad():
@@ -78,9 +78,9 @@ def measure(scheme: str, seconds: float) -> dict[str, Any]:
     imported.wait()
 
     from cifartui import presets
-    from cifartui.engine import events as ev
-    from cifartui.engine.control import RunControl
-    from cifartui.engine.trainer import Trainer
+    from cifartui.engine.runs import events as ev
+    from cifartui.engine.runs.control import RunControl
+    from cifartui.engine.train.trainer import Trainer
 
     workers = _native_threads_not_python()
     config = presets.compose(presets.load("demo-synthetic"), epochs=1000, device="cpu")

@@ -12,9 +12,16 @@ range in `dataclasses.field(metadata=...)`; `from_mapping` turns plain data
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
+import sys
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
 
 
 class ConfigError(ValueError):
@@ -88,9 +95,11 @@ class ModelConfig:
     classifier_dropout: float = setting(
         0.0, "Dropout before the classifier (VGG, ResNets).", low=0.0, high=1.0, high_open=True)
     stem_stride: int = setting(1, "ResNet-18/34/50: stride of the first convolution.", low=1, high=2)
-    init: Literal["default", "keras"] = setting(
+    init: Literal["default", "keras", "keras-he-first"] = setting(
         "default", "Weight initialization: the architecture's own (PyTorch's default; He normal, zero bias "
-        "for the elu-resnets) or Keras' default (Glorot uniform, zero bias).")
+        "for the elu-resnets), Keras' default (Glorot uniform, zero bias), or keras-he-first: Keras' default "
+        "but He uniform (variance 2 / fan-in) on the first layer, whose Glorot variance a large fan-out "
+        "would shrink.")
 
 
 @dataclass(frozen=True)
@@ -403,3 +412,43 @@ def replace_path(config: Any, dotted: str, value: Any, source: str = "--set") ->
     node[parts[-1]] = value
     return from_mapping(type(config), plain, source)
 
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value: TOML syntax where it parses (numbers, booleans, lists), else a plain string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def check_rules(config: RunConfig, source: str) -> RunConfig:
+    """The checks that span several fields, but for the model's name (the engine's registry knows those)."""
+    control = next((char for char in config.name if unicodedata.category(char) in ("Cc", "Cf", "Cs")
+                    and char not in "\u200c\u200d"), None)  # joiners stay: emoji and scripts need them
+    if control is not None:  # a newline or escape would reach headers, tables and terminals as it is
+        raise ConfigError(source, "name", f"{config.name!r} holds the control character {control!r}; "
+                          "expected printable text")
+    if config.dataset.name != "cifar100" and config.dataset.labels == "coarse":
+        raise ConfigError(source, "dataset.labels", "coarse labels exist only for cifar100")
+    schedule = config.optimizer.schedule
+    if schedule.name == "multistep" and list(schedule.milestones) != sorted(schedule.milestones):
+        raise ConfigError(source, "optimizer.schedule.milestones", "expected increasing values")
+    if config.optimizer.nesterov and (config.optimizer.name != "sgd" or config.optimizer.momentum == 0):
+        raise ConfigError(source, "optimizer.nesterov", "Nesterov momentum needs optimizer.name = 'sgd' "
+                          "and optimizer.momentum > 0")
+    if config.optimizer.name in ("adam", "adamw") and len(config.optimizer.betas) != 2:
+        raise ConfigError(source, "optimizer.betas", "expected two values, [beta1, beta2]")
+    if schedule.name in ("onecycle", "triangular") and schedule.max_lr < config.optimizer.lr:
+        raise ConfigError(source, "optimizer.schedule.max_lr",
+                          f"{schedule.max_lr} is below optimizer.lr ({config.optimizer.lr}); expected max_lr >= lr")
+    if config.optimizer.decay_convention == "keras-l2" and config.optimizer.name == "adamw":
+        raise ConfigError(source, "optimizer.decay_convention", "'keras-l2' is a penalty in the loss, which AdamW's "
+                          "decoupled decay is not; expected optimizer.name 'adam' for Keras' l2 with Adam")
+    for i, group in enumerate(config.optimizer.decay_groups):
+        if not group.match:
+            raise ConfigError(source, f"optimizer.decay_groups[{i}].match", "expected at least one pattern")
+    for i, event in enumerate(config.dropout_schedule):
+        if event.action in ("set", "add") and not event.rates:
+            raise ConfigError(source, f"dropout_schedule[{i}].rates", f"'{event.action}' needs one rate per group")
+    return config

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 
 from platformdirs import user_config_dir
 
-from cifartui.config import PARTS, ConfigError, RunConfig, from_mapping, replace_path, to_plain
+from cifartui.config import PARTS, ConfigError, RunConfig, from_mapping, parse_value, replace_path, to_plain
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -135,35 +135,10 @@ def load(name_or_path: str) -> RunConfig:
 
 
 def validate(config: RunConfig, source: str) -> RunConfig:
-    """Checks that span several fields."""
-    from cifartui.engine.models import MODELS  # the registry is the one place model names live
+    """Checks that span several fields, the model's name among them."""
+    from cifartui.engine.train.rules import validate as validate_run  # the registry is the one place model names live
 
-    if config.model.name not in MODELS:
-        raise ConfigError(source, "model.name",
-                          f"unknown model '{config.model.name}'; expected one of: {', '.join(MODELS)}")
-    if config.dataset.name != "cifar100" and config.dataset.labels == "coarse":
-        raise ConfigError(source, "dataset.labels", "coarse labels exist only for cifar100")
-    schedule = config.optimizer.schedule
-    if schedule.name == "multistep" and list(schedule.milestones) != sorted(schedule.milestones):
-        raise ConfigError(source, "optimizer.schedule.milestones", "expected increasing values")
-    if config.optimizer.nesterov and (config.optimizer.name != "sgd" or config.optimizer.momentum == 0):
-        raise ConfigError(source, "optimizer.nesterov", "Nesterov momentum needs optimizer.name = 'sgd' "
-                          "and optimizer.momentum > 0")
-    if config.optimizer.name in ("adam", "adamw") and len(config.optimizer.betas) != 2:
-        raise ConfigError(source, "optimizer.betas", "expected two values, [beta1, beta2]")
-    if schedule.name in ("onecycle", "triangular") and schedule.max_lr < config.optimizer.lr:
-        raise ConfigError(source, "optimizer.schedule.max_lr",
-                          f"{schedule.max_lr} is below optimizer.lr ({config.optimizer.lr}); expected max_lr >= lr")
-    if config.optimizer.decay_convention == "keras-l2" and config.optimizer.name == "adamw":
-        raise ConfigError(source, "optimizer.decay_convention", "'keras-l2' is a penalty in the loss, which AdamW's "
-                          "decoupled decay is not; expected optimizer.name 'adam' for Keras' l2 with Adam")
-    for i, group in enumerate(config.optimizer.decay_groups):
-        if not group.match:
-            raise ConfigError(source, f"optimizer.decay_groups[{i}].match", "expected at least one pattern")
-    for i, event in enumerate(config.dropout_schedule):
-        if event.action in ("set", "add") and not event.rates:
-            raise ConfigError(source, f"dropout_schedule[{i}].rates", f"'{event.action}' needs one rate per group")
-    return config
+    return validate_run(config, source)
 
 
 def seed_recipes() -> dict[str, RunConfig]:
@@ -174,14 +149,6 @@ def seed_recipes() -> dict[str, RunConfig]:
         if config.reference.seed:
             found[name] = config
     return found
-
-
-def _parse_value(text: str) -> Any:
-    """A --set value: TOML syntax where it parses (numbers, booleans, lists), else a plain string."""
-    try:
-        return tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        return text
 
 
 def compose(config: RunConfig, *, dataset: str | None = None, model: str | None = None,
@@ -209,7 +176,7 @@ def compose(config: RunConfig, *, dataset: str | None = None, model: str | None 
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError("--set", item, "expected part.key=value, for example optimizer.lr=0.1")
-        config = replace_path(config, key.strip(), _parse_value(text.strip()))
+        config = replace_path(config, key.strip(), parse_value(text.strip()))
         set_keys.add(key.strip())
     train = config.train
     overrides = {"epochs": epochs, "seed": seed, "device": device, "batch_size": batch_size}

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from cifartui.config import RunConfig
-from cifartui.engine import events as ev
-from cifartui.engine.trainer import RunResult, Trainer
+from cifartui.engine.runs import events as ev
+from cifartui.engine.train.trainer import RunResult, Trainer
 from tests.conftest import tiny_config
 
 
@@ -165,7 +165,7 @@ async def panel_with(pilot, app, events: list[ev.Event]):  # noqa: ANN001, ANN20
     panel = app.panel(handle.run_id)
     for event in events:
         panel.apply(event)
-    app._set_status(handle, panel.status)
+    app.registry.set_status(handle, panel.status)
     panel.redraw()
     await wait_for(pilot, lambda: panel.loss_chart.limits is not None or not panel.loss_chart.series)
     await pilot.pause(0.1)

@@ -32,6 +32,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="kill -9 trials in test_faults (default 2; the long variant is 100)")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first, in their usual order: the test processes share them out from
+    the start, instead of one process being left with a long one at the end while the
+    others have nothing left to do."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads or writes the user's cache, config or ./runs."""
@@ -94,10 +101,10 @@ def make_cifar_folder(root: Path, name: str = "cifar10", per_file: int = 40, see
             content[b"coarse_labels"] = [label // 5 for label in labels]
         _dump(folder / file_name, content)
     if name == "cifar10":
-        from cifartui.engine.data import CIFAR10_CLASSES
+        from cifartui.engine.train.data import CIFAR10_CLASSES
         _dump(folder / meta_file, {b"label_names": [n.encode() for n in CIFAR10_CLASSES]})
     else:
-        from cifartui.engine.data import CIFAR100_CLASSES, CIFAR100_SUPERCLASSES
+        from cifartui.engine.train.data import CIFAR100_CLASSES, CIFAR100_SUPERCLASSES
         _dump(folder / meta_file, {b"fine_label_names": [n.encode() for n in CIFAR100_CLASSES],
                                    b"coarse_label_names": [n.encode() for n in CIFAR100_SUPERCLASSES]})
     return folder

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Sequence
 
 from cifartui.config import replace_path
-from cifartui.engine import events as ev
-from cifartui.engine.queue import PlannedRun, RunQueue
-from cifartui.engine.sweep import write_plan
+from cifartui.engine.runs import events as ev
+from cifartui.engine.orchestration.queue import PlannedRun, RunQueue
+from cifartui.engine.orchestration.sweep import write_plan
 from tests.app_helpers import app_config, epochs_script, write_run
 
 # Two short epochs on a few generated images: a run's process spends most of its time starting.

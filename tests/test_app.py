@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, OptionList, TabPane
 
-from cifartui.engine import events as ev
-from cifartui.engine.checkpoint import load_checkpoint
-from cifartui.engine.runs import RunLock, read_status
+from cifartui.engine.runs import events as ev
+from cifartui.engine.runs.checkpoint import load_checkpoint
+from cifartui.engine.runs.folders import RunLock, read_status
 from cifartui.ui.app import STATUS_MARK, make_app
 from cifartui.ui.messages import RunEvent
 from cifartui.ui.screens.compare import CompareScreen, differing_settings
@@ -50,6 +50,7 @@ def test_step_metrics_messages_coalesce_but_others_never() -> None:
     assert not RunEvent("a", epoch).can_replace(RunEvent("a", epoch))
 
 
+@pytest.mark.slow
 def test_launch_from_the_picker_then_pause_resume_and_stop(tmp_path: Path) -> None:
     async def scenario() -> None:
         app = make_app(runs_dir=tmp_path / "runs", offer_resume=False)
@@ -117,7 +118,7 @@ def test_a_failing_run_shows_advice_and_the_app_and_other_runs_carry_on(tmp_path
     def factory(config, run_dir, **kwargs):  # noqa: ANN001
         if config.name == "broken":
             return FailingTrainer(config, run_dir, **kwargs)
-        from cifartui.engine.trainer import Trainer
+        from cifartui.engine.train.trainer import Trainer
         return Trainer(config, run_dir, **kwargs)
 
     import dataclasses
@@ -228,6 +229,7 @@ def _finished_run(tmp_path: Path, name: str, lr: float) -> Path:
     return new
 
 
+@pytest.mark.slow
 def test_history_opens_a_finished_run_and_compare_ranks_runs(tmp_path: Path) -> None:
     slow = _finished_run(tmp_path, "slow", 0.0005)
     fast = _finished_run(tmp_path, "fast", 0.003)
@@ -333,8 +335,8 @@ def test_layout_adapts_to_the_terminal(tmp_path: Path, size: tuple[int, int]) ->
 def test_runs_left_on_auto_spread_across_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
-    from cifartui.ui import app as app_module
-    from cifartui.ui.app import spread_across_gpus
+    from cifartui.ui import registry
+    from cifartui.ui.registry import spread_across_gpus
 
     placed: list[str] = []
 
@@ -349,7 +351,7 @@ def test_runs_left_on_auto_spread_across_gpus(tmp_path: Path, monkeypatch: pytes
             while self.control.stop_reason is None:
                 time.sleep(0.01)
 
-    monkeypatch.setattr(app_module, "gpu_count", lambda: 2)
+    monkeypatch.setattr(registry, "gpu_count", lambda: 2)
     auto = app_config(device="auto")
     pinned = app_config(device="cuda:1")
 
@@ -369,7 +371,7 @@ def test_runs_left_on_auto_spread_across_gpus(tmp_path: Path, monkeypatch: pytes
 def _trained_run(tmp_path: Path, **dataset: object) -> Path:
     import dataclasses
 
-    from cifartui.engine.trainer import Trainer
+    from cifartui.engine.train.trainer import Trainer
     from tests.conftest import tiny_config
 
     config = tiny_config(epochs=1)
@@ -719,7 +721,7 @@ def test_both_charts_advance_together_whatever_keys_are_pressed(tmp_path: Path) 
             self.listeners, self.run_dir = list(listeners), run_dir
 
         def run(self):  # noqa: ANN202
-            from cifartui.engine.trainer import RunResult
+            from cifartui.engine.train.trainer import RunResult
             for step in range(1, 60):
                 for listener in self.listeners:
                     listener(ev.StepMetrics(step=step, epoch=0, loss=2.0 / step, top1=step, lr=0.1,
@@ -843,8 +845,8 @@ def test_resume_continues_in_the_runs_own_tab_with_its_history(tmp_path: Path) -
 
 
 def test_resume_offered_at_start_opens_the_run_with_its_history(tmp_path: Path) -> None:
-    from cifartui.engine.control import RunControl
-    from cifartui.engine.trainer import Trainer
+    from cifartui.engine.runs.control import RunControl
+    from cifartui.engine.train.trainer import Trainer
 
     runs = tmp_path / "runs"
     run_dir = runs / "20260101-000000-tiny"
@@ -883,8 +885,8 @@ def test_resume_offered_at_start_opens_the_run_with_its_history(tmp_path: Path) 
 def test_a_followed_run_whose_process_is_gone_says_so_and_r_resumes_it(tmp_path: Path) -> None:
     import socket
 
-    from cifartui.engine.control import RunControl
-    from cifartui.engine.trainer import Trainer
+    from cifartui.engine.runs.control import RunControl
+    from cifartui.engine.train.trainer import Trainer
     from tests.app_helpers import dead_pid
 
     runs = tmp_path / "runs"
@@ -939,7 +941,7 @@ def test_a_followed_run_shows_its_own_process_and_its_state(tmp_path: Path) -> N
     sleeper = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
                                 "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
                                 "time.sleep(60)", str(runs / "20260101-000000-elsewhere" / ".lock")])
-    from cifartui.engine.runs import is_locked
+    from cifartui.engine.runs.folders import is_locked
 
     deadline = time.monotonic() + 30
     while not is_locked(runs / "20260101-000000-elsewhere") and time.monotonic() < deadline:
@@ -1482,7 +1484,7 @@ def test_training_threads_run_at_the_screens_priority(tmp_path: Path) -> None:
             self.run_dir = run_dir
 
         def run(self):  # noqa: ANN202
-            from cifartui.engine.trainer import RunResult
+            from cifartui.engine.train.trainer import RunResult
             seen.append(os.getpriority(os.PRIO_PROCESS, __import__("threading").get_native_id()))
             return RunResult("finished", self.run_dir, {})
 
@@ -1573,7 +1575,7 @@ def test_following_a_run_that_is_still_loading_its_data_keeps_following(tmp_path
             (handle,) = app.handles.values()
             panel = _panel(app, handle)
             await pilot.pause(1.5)
-            assert panel.status == "starting" and handle.run_id in app._follow_timers
+            assert panel.status == "starting" and handle.run_id in app.registry.follow_timers
             assert "loading data" in str(panel.query_one("#status-line").render())
             (run_dir / "status.json").write_text(json.dumps({"status": "running", "pid": os.getpid(),
                                                              "host": socket.gethostname()}))

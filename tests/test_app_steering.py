@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from textual.widgets import Button, Input, OptionList
 
-from cifartui.engine.runs import read_metrics
-from cifartui.engine.trainer import Trainer
+from cifartui.engine.runs.folders import read_metrics
+from cifartui.engine.train.trainer import Trainer
 from cifartui.ui.app import make_app
 from cifartui.ui.screens.branch import CheckpointPicker
 from cifartui.ui.screens.compare import CompareScreen
@@ -218,6 +220,7 @@ def test_branch_from_a_kept_checkpoint_shows_lineage_in_history_and_both_in_comp
     run(scenario())
 
 
+@pytest.mark.slow
 def test_a_followed_run_is_steered_through_its_control_channel(tmp_path: Path) -> None:
     """A run another process trains (here: a trainer thread of the test, with its own lock and channel)."""
     runs = tmp_path / "runs"

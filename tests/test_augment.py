@@ -1,9 +1,14 @@
 """Preprocessing fitted on the training split; batched augmentation with per-sample randomness."""
 
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 from cifartui.config import AugmentConfig
-from cifartui.engine.augment import Augmenter, Preprocessor, cutout, random_affine, random_flip, random_shift
+from cifartui.engine.train.augment import Augmenter, Preprocessor, cutout, random_affine, random_flip, random_shift
 
 
 def _images(count: int = 64, seed: int = 0) -> torch.Tensor:
@@ -17,12 +22,46 @@ def test_standardize_gives_zero_mean_unit_std_per_channel() -> None:
     assert torch.allclose(out.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-3)
 
 
+_PEAK_OF_FIT = """
+from pathlib import Path
+import torch
+from cifartui.engine.train.augment import Preprocessor
+
+def field(name):
+    return int(Path("/proc/self/status").read_text().split(name + ":")[1].split()[0]) / 1024
+
+images = torch.randint(0, 256, (4000, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+fitted = Preprocessor(("standardize",))
+fitted.fit(images[:64])  # torch's first ops start its threads and load kernels: not the fit's own memory
+Path("/proc/self/clear_refs").write_text("5")  # restart the high-water mark from the current size
+before = field("VmRSS")
+fitted.fit(images)
+print(field("VmHWM") - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads Linux's /proc/self/status")
+def test_fitting_standardize_makes_no_float_copy_of_the_whole_set() -> None:
+    """A whole-set float64 copy and its temporaries were a run's peak memory (3 x 1.2 GB for CIFAR):
+    the per-channel statistics are summed a chunk at a time instead, and match the direct computation.
+    The peak is read in a process of its own: another test's threads would move this one's high-water mark."""
+    images = _images(4000)
+    copy_mib = images.numel() * 8 / 2**20  # one float64 copy: 94 MiB
+    measured = subprocess.run([sys.executable, "-c", _PEAK_OF_FIT], capture_output=True, text=True, check=True)
+    assert float(measured.stdout.split()[-1]) < copy_mib / 2
+    fitted = Preprocessor(("standardize",)).fit(images)
+    floats = images.double() / 255
+    assert torch.allclose(fitted.stats["mean"].double(), floats.mean(dim=(0, 2, 3), keepdim=True), atol=1e-6)
+    assert torch.allclose(fitted.stats["std"].double(), floats.std(dim=(0, 2, 3), keepdim=True), atol=1e-6)
+
+
 def test_gcn_normalizes_each_image() -> None:
     out = Preprocessor(("gcn",)).fit(_images(8))(_images(8))
     assert torch.allclose(out.mean(dim=(1, 2, 3)), torch.zeros(8), atol=1e-5)
     assert torch.allclose(out.std(dim=(1, 2, 3)), torch.ones(8), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_zca_whitens_the_training_split_it_was_fitted_on() -> None:
     # Correlated images (a smooth field plus a little noise) so whitening has work to do.
     g = torch.Generator().manual_seed(1)

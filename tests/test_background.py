@@ -15,7 +15,9 @@ import time
 import uuid
 from pathlib import Path
 
-from cifartui.engine.runs import is_locked, read_metrics
+import pytest
+
+from cifartui.engine.runs.folders import is_locked, read_metrics
 from cifartui.ui import background
 from cifartui.ui.app import make_app
 from tests.app_helpers import app_config, run, wait_for
@@ -39,6 +41,7 @@ def test_ssh_sessions_start_runs_in_the_background_by_default() -> None:
     assert not background.over_ssh({"TERM": "xterm"})
 
 
+@pytest.mark.slow
 def test_a_background_run_is_followed_and_steered_through_its_channel(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     config = app_config(epochs=200)
@@ -121,6 +124,7 @@ def _wait_for_screen(session: str, pattern: str, timeout: float = 90.0) -> re.Ma
     raise AssertionError(f"{pattern!r} never appeared; the screen was:\n{_tmux('capture-pane', '-p', '-t', session)}")
 
 
+@pytest.mark.slow
 def test_a_background_run_survives_the_apps_hangup_and_the_next_app_shows_it_live(tmp_path: Path) -> None:
     assert shutil.which("tmux"), "tmux is required for this test (.ci/run installs it)"
     runs = tmp_path / "runs"

@@ -9,8 +9,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cifartui.engine import checkpoint as ckpt
-from cifartui.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from cifartui.engine.runs import checkpoint as ckpt
+from cifartui.engine.runs.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from tests.conftest import malicious_pickle
 
 
@@ -136,3 +136,44 @@ def test_rng_states_round_trip() -> None:
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     ckpt.restore_rng(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+class FakeGpuRng:
+    """torch.cuda's per-GPU RNG calls over CPU generators, one per GPU."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, count: int):
+        self.generators = [torch.Generator().manual_seed(index) for index in range(count)]
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": self._get(device).get_state())
+        monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": self._get(device).set_state(state))
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [g.get_state() for g in self.generators])
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("every GPU's state set"))
+
+    def _get(self, device: torch.device) -> torch.Generator:
+        return self.generators[torch.device(device).index]
+
+
+def test_a_checkpoint_holds_and_restores_only_its_runs_gpu_rng(monkeypatch: pytest.MonkeyPatch) -> None:
+    gpus = FakeGpuRng(monkeypatch, 2)
+    state = ckpt.capture_rng(torch.device("cuda", 1))
+    assert torch.equal(state["cuda"], gpus.generators[1].get_state())
+    other = gpus.generators[0].get_state()
+    gpus.generators[1].manual_seed(99)
+    ckpt.restore_rng(state, torch.device("cuda", 1))
+    assert torch.equal(gpus.generators[1].get_state(), state["cuda"])
+    assert torch.equal(gpus.generators[0].get_state(), other)  # the other run's GPU is left alone
+
+
+@pytest.mark.parametrize("index, entry", [(0, 0), (3, 3), (5, 0)])
+def test_an_all_gpus_checkpoint_resumes_on_fewer_gpus(monkeypatch: pytest.MonkeyPatch, index: int, entry: int) -> None:
+    eight = [torch.Generator().manual_seed(1000 + i).get_state() for i in range(8)][:4 if index == 5 else 8]
+    gpus = FakeGpuRng(monkeypatch, 8)
+    state = {**ckpt.capture_rng(), "cuda": eight}  # written before checkpoints held one GPU's state
+    ckpt.restore_rng(state, torch.device("cuda", index))
+    assert torch.equal(gpus.generators[index].get_state(), eight[entry])
+
+
+def test_a_cpu_run_neither_saves_nor_restores_gpu_rng(monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeGpuRng(monkeypatch, 2)
+    assert "cuda" not in ckpt.capture_rng(torch.device("cpu"))
+    ckpt.restore_rng({**ckpt.capture_rng(), "cuda": [torch.zeros(16, dtype=torch.uint8)]}, torch.device("cpu"))

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from cifartui.cli import main
-from cifartui.engine.checkpoint import load_checkpoint
-from cifartui.engine.runs import RunLock
+from cifartui.engine.runs.checkpoint import load_checkpoint
+from cifartui.engine.runs.folders import RunLock
 from tests.conftest import malicious_pickle
 
 SLOW_ENOUGH_PRESET = """
@@ -54,6 +54,7 @@ def _only_run(runs: Path) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     preset = tmp_path / "interruptible.toml"
     preset.write_text(SLOW_ENOUGH_PRESET)
@@ -181,6 +182,7 @@ def test_a_stale_pid_in_status_does_not_block_a_resume(tmp_path: Path, capsys: p
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_two_resumes_started_together_train_the_run_once(tmp_path: Path) -> None:
     preset = tmp_path / "slow.toml"
     preset.write_text(SLOW_ENOUGH_PRESET.replace("epochs = 2", "epochs = 1"))
@@ -203,7 +205,7 @@ def test_two_resumes_started_together_train_the_run_once(tmp_path: Path) -> None
 
 def test_headless_non_finite_loss_stops_with_finite_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    from cifartui.engine import trainer as trainer_module
+    from cifartui.engine.train import trainer as trainer_module
     real_build = trainer_module.build_model
 
     def build_exploding(config, classes):  # noqa: ANN001
@@ -233,6 +235,7 @@ def test_unknown_device_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> 
     assert "unknown device 'tpu'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_synthetic_reaches_80_percent(tmp_path: Path) -> None:
     summary = tmp_path / "summary.json"
     assert main(["train", "demo-synthetic", "--runs-dir", str(tmp_path / "runs"), "--device", "cpu",

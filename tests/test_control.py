@@ -14,11 +14,11 @@ import torch
 
 from cifartui.cli import main
 from cifartui.config import ScheduleConfig
-from cifartui.engine import events as ev
-from cifartui.engine.checkpoint import load_checkpoint
-from cifartui.engine.runs import read_metrics
-from cifartui.engine.settings import LiveSettings, effective_config
-from cifartui.engine.trainer import RunControl, Trainer
+from cifartui.engine.runs import events as ev
+from cifartui.engine.runs.checkpoint import load_checkpoint
+from cifartui.engine.runs.folders import read_metrics
+from cifartui.engine.runs.settings import LiveSettings, effective_config
+from cifartui.engine.train.trainer import RunControl, Trainer
 from benchmarks.faults import cifartui_process
 from tests.conftest import tiny_config
 from tests.test_trainer import Recorder
@@ -62,6 +62,7 @@ def _control(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, 
     return code, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_control_steers_a_headless_run_and_the_changes_survive_kill_9(tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     preset = tmp_path / "steer.toml"
@@ -132,7 +133,7 @@ def test_control_steers_a_headless_run_and_the_changes_survive_kill_9(tmp_path: 
 
 
 def _config_of(run: Path):  # noqa: ANN202
-    from cifartui.engine.runs import read_config
+    from cifartui.engine.runs.folders import read_config
 
     return read_config(run)
 

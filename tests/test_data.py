@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from cifartui.cli import main
 from cifartui.config import DatasetConfig
-from cifartui.engine import data
-from cifartui.engine.data import DataError, DataUnavailable, load_cifar, load_dataset, make_synthetic
+from cifartui.engine.train import data
+from cifartui.engine.train.data import DataError, DataUnavailable, load_cifar, load_dataset, make_synthetic
 from tests.conftest import make_archive, make_cifar_folder, malicious_pickle
 
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from cifartui.cli import main
-from cifartui.engine import devices
-from cifartui.engine.devices import DeviceError, activate, least_busy_gpu, resolve_device
-from cifartui.engine.trainer import Trainer
+from cifartui.engine.train import devices
+from cifartui.engine.train.devices import DeviceError, activate, least_busy_gpu, resolve_device
+from cifartui.engine.train.trainer import Trainer
 from tests.conftest import tiny_config
 
 
@@ -89,3 +89,36 @@ def test_runs_left_on_auto_go_to_the_least_busy_gpu(monkeypatch: pytest.MonkeyPa
     assert least_busy_gpu(["cuda", "cuda:1"], 3) == 2  # "cuda" is the current device, cuda:0
     assert least_busy_gpu(["cuda:0", "cuda:1", "cuda:2", "cpu"], 3) == 0
     assert devices.least_busy_gpu(["cuda:9"], 3) == 0  # a device that left the machine counts for none
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), None), ((7, 0), None), ((8, 0), torch.bfloat16),
+                                                  ((9, 0), torch.bfloat16)])
+def test_auto_precision_is_bf16_only_where_the_gpu_computes_it_fast(
+        monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], expected: torch.dtype | None) -> None:
+    asked: list[object] = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: capability >= (8, 0))
+    gpu = torch.device("cuda", 1)
+    dtype, note = devices.autocast_dtype("auto", gpu)
+    assert dtype is expected and asked == [gpu]
+    if expected is None:  # the log says fp32 was chosen, and why
+        assert "fp32" in note and f"{capability[0]}.{capability[1]}" in note and "train.precision" in note
+    else:
+        assert note == ""
+    assert devices.autocast_dtype("bf16", gpu) == (torch.bfloat16, "")  # asked for by name: kept
+    assert devices.autocast_dtype("fp32", gpu) == (None, "")
+
+
+def test_auto_precision_on_the_cpu_is_fp32() -> None:
+    assert devices.autocast_dtype("auto", torch.device("cpu")) == (None, "")
+
+
+def test_a_runs_seed_reseeds_only_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    generators = tuple(torch.Generator().manual_seed(100 + index) for index in range(3))
+    before = [g.get_state() for g in generators]
+    monkeypatch.setattr(torch.cuda, "init", lambda: None)
+    monkeypatch.setattr(torch.cuda, "default_generators", generators)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: pytest.fail("every GPU reseeded"))
+    devices.seed_torch(5, torch.device("cuda", 1))
+    assert torch.equal(generators[0].get_state(), before[0]) and torch.equal(generators[2].get_state(), before[2])
+    assert generators[1].initial_seed() == 5 and torch.initial_seed() == 5

@@ -8,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from cifartui.engine.checkpoint import load_checkpoint
-from cifartui.engine.runs import read_metrics
-from cifartui.engine.trainer import AGREE_EVERY
+import pytest
+
+from cifartui.engine.runs.checkpoint import load_checkpoint
+from cifartui.engine.runs.folders import read_metrics
+from cifartui.engine.train.trainer import AGREE_EVERY
 from tests.test_cli import SLOW_ENOUGH_PRESET
 
 
@@ -27,6 +29,7 @@ def _torchrun(tmp_path: Path, *args: str) -> subprocess.Popen:
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_torchrun_trains_one_run_with_identical_replicas(tmp_path: Path) -> None:
     preset = tmp_path / "ddp.toml"
     preset.write_text(_preset(600))
@@ -45,9 +48,10 @@ def test_torchrun_trains_one_run_with_identical_replicas(tmp_path: Path) -> None
     assert len(losses) == 2 and losses[1] < losses[0]  # the averaged gradients do train the model
 
 
+@pytest.mark.slow
 def test_sigterm_stops_every_process_at_the_same_step_and_the_job_resumes(tmp_path: Path) -> None:
     preset = tmp_path / "ddp.toml"
-    preset.write_text(_preset(3000))
+    preset.write_text(_preset(1600))  # 1280 training images: 40 global batches of 32 an epoch
     job = _torchrun(tmp_path, "train", str(preset), "--runs-dir", "runs")
     runs = tmp_path / "runs"
     deadline = time.monotonic() + 120
@@ -68,4 +72,4 @@ def test_sigterm_stops_every_process_at_the_same_step_and_the_job_resumes(tmp_pa
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 2 * 75 and summary["replicas_identical"] is True
+    assert summary["steps"] == 2 * 40 and summary["replicas_identical"] is True

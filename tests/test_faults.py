@@ -26,10 +26,11 @@ from hypothesis import strategies as st
 from cifartui import presets
 from cifartui.cli import main
 from cifartui.config import ConfigError, RunConfig, from_mapping
-from cifartui.engine import events as ev
-from cifartui.engine import trainer as trainer_module
-from cifartui.engine.checkpoint import load_checkpoint
-from cifartui.engine.trainer import RunControl, Trainer
+from cifartui.engine.runs import events as ev
+from cifartui.engine.train import checkpointing as checkpointing_module
+from cifartui.engine.train import trainer as trainer_module
+from cifartui.engine.runs.checkpoint import load_checkpoint
+from cifartui.engine.train.trainer import RunControl, Trainer
 from benchmarks.faults import (KILL_PRESET, RUN_FILES, SLOW_CHECKPOINT_PRESET, cifartui_process, cli_in_process,
                                damaged_content, damaged_run_case, finished_tiny_run, kill_trial, reference_run,
                                run_events)
@@ -46,7 +47,7 @@ def _wait(condition, timeout: float = 30.0) -> None:  # noqa: ANN001
 
 def test_disk_full_while_checkpointing_pauses_and_keeps_the_previous_checkpoint(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_save = trainer_module.save_checkpoint
+    real_save = checkpointing_module.save_checkpoint
     calls = {"n": 0}
 
     def disk_fills_on_second_write(state, path):  # noqa: ANN001
@@ -58,7 +59,7 @@ def test_disk_full_while_checkpointing_pauses_and_keeps_the_previous_checkpoint(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_save(state, path)
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", disk_fills_on_second_write)
+    monkeypatch.setattr(checkpointing_module, "save_checkpoint", disk_fills_on_second_write)
     control, recorder = RunControl(), Recorder()
     run_dir = tmp_path / "run"
     trainer = Trainer(tiny_config(epochs=4), run_dir, listeners=[recorder], control=control)
@@ -115,6 +116,7 @@ def test_stale_temporary_files_are_removed_on_start(tmp_path: Path) -> None:
     assert not stale.exists()
 
 
+@pytest.mark.slow
 def test_kill_9_during_training_and_checkpoint_writes(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     preset = tmp_path / "kill.toml"
     preset.write_text(KILL_PRESET)
@@ -205,7 +207,7 @@ def test_in_the_app_a_full_disk_and_oom_pause_their_run_and_the_others_go_on(
     from cifartui.ui.app import make_app
     from tests.app_helpers import app_config, run, wait_for
 
-    real_save = trainer_module.save_checkpoint
+    real_save = checkpointing_module.save_checkpoint
 
     def save(state, path):  # noqa: ANN001
         if path.parent.parent.name.endswith("-disk"):  # the run named "disk" has no space left
@@ -227,7 +229,7 @@ def test_in_the_app_a_full_disk_and_oom_pause_their_run_and_the_others_go_on(
     def factory(config, run_dir, **kwargs):  # noqa: ANN001
         return (OutOfMemoryTrainer if config.name == "oom" else Trainer)(config, run_dir, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", save)
+    monkeypatch.setattr(checkpointing_module, "save_checkpoint", save)
     configs = [dataclasses.replace(app_config(epochs=3), name=name) for name in ("disk", "oom", "healthy")]
 
     async def scenario() -> None:
@@ -249,6 +251,7 @@ def test_in_the_app_a_full_disk_and_oom_pause_their_run_and_the_others_go_on(
     run(scenario())
 
 
+@pytest.mark.slow
 def test_four_runs_in_the_app_keep_training_and_the_ui_keeps_answering(tmp_path: Path) -> None:
     from cifartui.ui.app import make_app
     from cifartui.ui.screens.dialogs import HelpScreen
@@ -434,6 +437,7 @@ def test_a_crash_of_the_app_is_a_non_zero_exit(monkeypatch: pytest.MonkeyPatch, 
 
 # --- signals at awkward moments --------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train", "inspect", "predict"])
 def test_an_early_ctrl_c_exits_130_cleanly_and_leaves_no_empty_run(tiny_run: Path, tmp_path: Path,
                                                                    command: str) -> None:
@@ -464,6 +468,7 @@ def test_an_early_ctrl_c_exits_130_cleanly_and_leaves_no_empty_run(tiny_run: Pat
             assert (run / "checkpoints" / "last.pt").is_file(), sorted(p.name for p in run.iterdir())
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_while_loading_data_leaves_nothing_to_resume(tmp_path: Path) -> None:
     import signal as signals
 
@@ -495,6 +500,7 @@ def test_a_second_ctrl_c_while_loading_data_leaves_nothing_to_resume(tmp_path: P
     assert not list(runs.iterdir())  # no run folder that only says "failed"
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_during_a_checkpoint_write_exits_130_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
     """VGG-11's checkpoint (about 75 MB with momentum) takes long enough to be interrupted mid-write."""
     import signal as signals
@@ -521,6 +527,7 @@ def test_a_second_ctrl_c_during_a_checkpoint_write_exits_130_and_keeps_the_last_
         assert status["status"] in ("interrupted", "stopped"), status  # stopped: the write finished first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ignored", ["SIGHUP", "SIGINT"])
 def test_an_ignored_signal_stays_ignored_as_under_nohup(tmp_path: Path, ignored: str) -> None:
     """`nohup cifartui train ...` (SIGHUP ignored), or a background job of a shell script (SIGINT ignored)."""
@@ -538,6 +545,7 @@ def test_an_ignored_signal_stays_ignored_as_under_nohup(tmp_path: Path, ignored:
     assert "finished" in out
 
 
+@pytest.mark.slow
 def test_running_out_of_cpu_memory_says_what_to_lower(tmp_path: Path) -> None:
     """A batch that does not fit under `ulimit -v`: the CPU allocator's error pauses the run with advice."""
     import resource

@@ -16,10 +16,12 @@ import pytest
 import torch
 
 from cifartui.cli import main
-from cifartui.engine import trainer as trainer_module
-from cifartui.engine.checkpoint import load_checkpoint
-from cifartui.engine.runs import read_config, read_metrics
-from cifartui.engine.trainer import Trainer
+from cifartui.engine.train import checkpointing as checkpointing_module
+from cifartui.engine.train import emitter as emitter_module
+from cifartui.engine.train import trainer as trainer_module
+from cifartui.engine.runs.checkpoint import load_checkpoint
+from cifartui.engine.runs.folders import read_config, read_metrics
+from cifartui.engine.train.trainer import Trainer
 from tests.conftest import make_cifar_folder
 
 
@@ -31,14 +33,14 @@ def _train_tiny(runs: Path, *extra: str) -> Path:
 
 def test_a_checkpoint_that_cannot_be_written_at_the_end_is_not_a_finished_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    real_save = trainer_module.save_checkpoint
+    real_save = checkpointing_module.save_checkpoint
 
     def full_disk_at_the_last_epoch(state, path):  # noqa: ANN001
         if state["progress"]["epoch"] == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
         real_save(state, path)
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", full_disk_at_the_last_epoch)
+    monkeypatch.setattr(checkpointing_module, "save_checkpoint", full_disk_at_the_last_epoch)
     runs = tmp_path / "runs"
     code = main(["train", "demo-synthetic", "--epochs", "2", "--set", "dataset.train_size=320",
                  "--set", "dataset.test_size=64", "--runs-dir", str(runs), "--device", "cpu"])
@@ -50,14 +52,14 @@ def test_a_checkpoint_that_cannot_be_written_at_the_end_is_not_a_finished_run(
     assert not (run / "summary.json").exists()
     assert "The last checkpoint on disk is from step 5" in " ".join(out.split())
     assert load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["epoch"] == 1
-    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)  # space freed: resume finishes it
+    monkeypatch.setattr(checkpointing_module, "save_checkpoint", real_save)  # space freed: resume finishes it
     assert main(["resume", str(run)]) == 0
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
 
 
 def test_a_full_disk_for_metrics_and_status_mid_run_is_exit_3_without_traceback(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    real_write = trainer_module.write_status
+    real_write = emitter_module.write_status
     state = {"full": False}
 
     def write(run_dir, status, **extra):  # noqa: ANN001
@@ -73,7 +75,7 @@ def test_a_full_disk_for_metrics_and_status_mid_run_is_exit_3_without_traceback(
             self.control.pause()
         real_emit(self, event)
 
-    monkeypatch.setattr(trainer_module, "write_status", write)
+    monkeypatch.setattr(emitter_module, "write_status", write)
     monkeypatch.setattr(trainer_module.Trainer, "_emit", emit)
     runs = tmp_path / "runs"
     code = main(["train", "demo-synthetic", "--epochs", "2", "--set", "dataset.train_size=320",
@@ -86,6 +88,7 @@ def test_a_full_disk_for_metrics_and_status_mid_run_is_exit_3_without_traceback(
     assert load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"] >= 5
 
 
+@pytest.mark.slow
 def test_sigint_during_the_final_evaluation_stops_in_a_batch_and_resume_finishes(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     # A test set evaluated one image at a time, so that its evaluation takes many seconds.

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cifartui.cli import main
-from cifartui.engine.data import make_synthetic
-from cifartui.engine.inspect import InspectError, read_image
+from cifartui.engine.train.data import make_synthetic
+from cifartui.engine.train.inspect import InspectError, read_image
 
 PRESET = """
 description = "a quick run to inspect"

@@ -9,9 +9,9 @@ import torch.nn as nn
 
 from cifartui.cli import main
 from cifartui.config import ConfigError, DecayGroup, ModelConfig, OptimizerConfig
-from cifartui.engine.checkpoint import CheckpointError
-from cifartui.engine.models import build_model
-from cifartui.engine.optim import OptimizerStateMismatch, build_optimizer, decay_groups
+from cifartui.engine.runs.checkpoint import CheckpointError
+from cifartui.engine.train.models import build_model
+from cifartui.engine.train.optim import OptimizerStateMismatch, build_optimizer, decay_groups
 
 CPU = torch.device("cpu")
 
@@ -136,3 +136,70 @@ def test_resuming_a_run_whose_groups_changed_says_so(tmp_path: Path, capsys: pyt
     err = " ".join(capsys.readouterr().err.split())
     assert "cannot resume" in err and "Traceback" not in err
     assert (run_dir / "checkpoints" / "last.pt").is_file()  # nothing already saved is lost
+
+
+def _capturing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an optimizer sees inside torch.cuda.graph: a CUDA stream that is capturing."""
+    class Stream:
+        def is_capturing(self) -> bool:
+            return True
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: torch.device("cuda"))
+    monkeypatch.setattr(torch.accelerator, "current_stream", lambda device=None: Stream())
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_and_adamw_prepared_for_graphs_pass_the_capture_check_also_after_a_resume(
+        monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    from cifartui.engine.train.optim import prepare_for_graphs
+
+    model = nn.Linear(4, 2)
+    config = OptimizerConfig(name=name, lr=0.01)
+    plain = build_optimizer(model, config, CPU)
+    saved = plain.state_dict()  # as checkpoints before graphs captured Adam hold it: capturable False
+    lr = torch.tensor(0.01)
+    model(torch.randn(3, 4)).sum().backward()
+    _capturing(monkeypatch)
+    with pytest.raises(RuntimeError, match="capturable"):
+        plain.step()  # fused alone: PyTorch refuses the capture
+    optimizer = build_optimizer(model, config, CPU)
+    optimizer.load_state_dict(saved)
+    prepare_for_graphs(optimizer, lr)
+    before = model.weight.detach().clone()
+    optimizer.step()
+    assert all(group["capturable"] and group["lr"] is lr for group in optimizer.param_groups)
+    assert not torch.equal(before, model.weight)
+    optimizer.load_state_dict(saved)  # a resume puts the saved settings back ...
+    assert not optimizer.param_groups[0]["capturable"]
+    prepare_for_graphs(optimizer, lr)  # ... and the trainer prepares the groups again
+    optimizer.step()
+
+
+def test_sgd_needs_the_host_for_its_first_step_with_momentum_also_when_raised_from_zero() -> None:
+    from cifartui.engine.train.optim import needs_host_read, step_unless
+
+    model = nn.Linear(4, 2)
+    optimizer = build_optimizer(model, OptimizerConfig(name="sgd", lr=0.1, momentum=0.0), CPU)
+    assert not needs_host_read(optimizer)
+    model(torch.randn(3, 4)).sum().backward()
+    step_unless(optimizer, torch.zeros(()))
+    for group in optimizer.param_groups:
+        group["momentum"] = 0.9
+    assert needs_host_read(optimizer)
+    step_unless(optimizer, torch.zeros(()))
+    assert not needs_host_read(optimizer)
+
+
+def test_lookahead_averages_weights_and_normalization_statistics_not_dropout_rates() -> None:
+    from cifartui.engine.train.optim import lookahead_tensors, saved_lookahead
+
+    model = build_model(ModelConfig(name="elu18"), 10)
+    chosen = lookahead_tensors(model)
+    expected = [t for name, t in model.state_dict().items()
+                if t.is_floating_point() and not name.endswith("rate_tensor")]
+    assert len(chosen) == len(expected) and all(a.data_ptr() == b.data_ptr() for a, b in zip(chosen, expected))
+    # An older checkpoint's copy held every float entry of the state dict, dropout rates included.
+    every = [t.clone() for t in model.state_dict().values() if t.is_floating_point()]
+    kept = saved_lookahead(model, every)
+    assert len(kept) == len(chosen) and all(torch.equal(a, b) for a, b in zip(kept, chosen))
+    with pytest.raises(CheckpointError, match="lookahead"):
+        saved_lookahead(model, every[:3])

@@ -8,8 +8,8 @@ import pytest
 from cifartui import presets
 from cifartui.cli import main
 from cifartui.config import ConfigError, RunConfig, from_mapping
-from cifartui.engine.augment import Augmenter
-from cifartui.engine.models import build_model
+from cifartui.engine.train.augment import Augmenter
+from cifartui.engine.train.models import build_model
 
 SEEDS = Path("/work/shared/seeds")
 # Every experiment of the five write-ups that reports a number: recipe -> (write-up, top-1, measured on).
@@ -38,8 +38,8 @@ OTHER_RECIPES = {"resnet18-cifar10": 95.0, "resnet18-cifar100": 76.0, "speedrun-
 
 @pytest.mark.parametrize("name", sorted(presets.available()))
 def test_every_recipe_loads_and_builds(name: str) -> None:
-    from cifartui.engine.optim import decay_groups
-    from cifartui.engine.schedules import DropoutSchedule
+    from cifartui.engine.train.optim import decay_groups
+    from cifartui.engine.train.schedules import DropoutSchedule
 
     config = presets.load(name)
     assert config.name == name and config.description
@@ -71,7 +71,7 @@ def test_seed_details_are_as_written() -> None:
     assert [e.action for e in elu.dropout_schedule] == ["set", "multiply"]
     # The paper's 75.72% trained on all 50,000 images: 165k iterations of 100 are 330 epochs of them.
     assert elu.dataset.val_fraction == 0.0 and elu.train.epochs * 50_000 // 100 == elu.train.max_steps
-    assert elu.model.init == "keras" and elu.augment.zca_epsilon == 0.1
+    assert elu.model.init == "keras-he-first" and elu.augment.zca_epsilon == 0.1
     assert elu.model.dropout == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.0)
     variant = presets.load("elu18-cifar100-dropout05")
     assert variant.model.dropout == (0.5,) * 7 and variant.dropout_schedule == elu.dropout_schedule
@@ -103,7 +103,7 @@ def test_vgg19_recipe_is_rebuilt_from_what_the_write_up_says() -> None:
 
 
 def _decay_of(name: str) -> dict[str, float]:
-    from cifartui.engine.optim import decay_groups
+    from cifartui.engine.train.optim import decay_groups
 
     config = presets.load(name)
     model = build_model(config.model, config.dataset.num_classes)

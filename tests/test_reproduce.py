@@ -12,9 +12,9 @@ import pytest
 from cifartui import presets
 from cifartui.cli import main
 from cifartui.config import ConfigError
-from cifartui.engine.reproduce import (QUICK_EPOCHS, QUICK_MAX_STEPS, render_json, render_markdown, report_row,
+from cifartui.engine.orchestration.reproduce import (QUICK_EPOCHS, QUICK_MAX_STEPS, render_json, render_markdown, report_row,
                                        select_recipes, verdict, wall_seconds)
-from cifartui.engine.runs import read_metrics
+from cifartui.engine.runs.folders import read_metrics
 
 # A seed recipe of the user's whose write-up reported a validation accuracy, so that the
 # end-to-end run covers both splits (the shipped validation recipes are ResNets, slow on a CPU).
@@ -194,6 +194,7 @@ def test_bad_input_is_refused_in_one_line_before_anything_is_written(
         assert not runs.exists(), argv
 
 
+@pytest.mark.slow
 def test_quick_reproduction_reports_both_splits_then_resumes_only_what_was_interrupted(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     user_presets = tmp_path / "config" / "presets"  # $CIFARTUI_CONFIG/presets (tests/conftest.py)
@@ -277,7 +278,32 @@ def test_quick_reproduction_reports_both_splits_then_resumes_only_what_was_inter
 
 
 def test_planning_and_reading_a_reproduction_need_neither_textual_nor_torch() -> None:
-    code = ("import sys\nimport cifartui.engine.reproduce\n"
+    code = ("import sys\nimport cifartui.engine.orchestration.reproduce\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'torch')))\n")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
+
+
+def test_every_recipe_name_reads_whole_in_the_report_at_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from cifartui.cli.reproduce import report_table
+
+    monkeypatch.setenv("COLUMNS", "80")
+    names = list(presets.seed_recipes())
+    summary = {"test_top1": 70.0, "test_top5": 95.0, "epochs": 100, "steps": 100, "device": "cuda:0"}
+    rows = [report_row(dict(LABEL, recipe=name), state="finished", summary=summary, epochs_planned=100,
+                       events=[{"event": "RunStarted", "time": 0.0}, {"event": "RunFinished", "time": 125.0}],
+                       device="cuda:0", message="") for name in names]
+    console = Console(file=io.StringIO(), force_terminal=False)
+    assert console.width == 80
+    console.print(report_table(rows, {"recipes": names, "quick": False, "modified": []}, width=console.width))
+    lines = console.file.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert any("below by" in line for line in lines)  # the last column is on screen, not cut off
+    first_column = "".join(line[:19].strip() if line[:19].strip().endswith("-") else line[:19].strip() + " "
+                           for line in lines)
+    for name in names:
+        assert name in first_column.split(), name

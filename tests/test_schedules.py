@@ -6,8 +6,8 @@ import pytest
 
 from cifartui import presets
 from cifartui.config import DropoutEvent, ModelConfig, OptimizerConfig, ScheduleConfig
-from cifartui.engine.models import ModelError, build_model, dropout_groups
-from cifartui.engine.schedules import DropoutSchedule, LRSchedule
+from cifartui.engine.train.models import ModelError, build_model, dropout_groups
+from cifartui.engine.train.schedules import DropoutSchedule, LRSchedule
 
 
 def schedule(name: str, lr: float = 0.1, steps_per_epoch: int = 10, total: int = 100, decay: float = 0.0,

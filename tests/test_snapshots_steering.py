@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cifartui.engine import events as ev
-from cifartui.ui import app as app_module
+from cifartui.engine.runs import events as ev
+from cifartui.ui import registry
 from cifartui.ui.app import make_app
 from cifartui.ui.screens.settings_form import SettingsForm, field_id
 from cifartui.ui.steering import FormState
@@ -35,7 +35,7 @@ def deterministic(monkeypatch: pytest.MonkeyPatch) -> None:
         path = Path(runs_dir) / f"20260101-120000-{preset}"
         path.mkdir(parents=True, exist_ok=True)
         return path
-    monkeypatch.setattr(app_module, "new_run_dir", fixed_run_dir)
+    monkeypatch.setattr(registry, "new_run_dir", fixed_run_dir)
 
 
 def _app(tmp_path: Path):  # noqa: ANN202

@@ -17,11 +17,11 @@ import torch
 from cifartui import presets
 from cifartui.cli import main
 from cifartui.config import AugmentConfig, ConfigError, RunConfig, from_mapping, to_plain
-from cifartui.engine.checkpoint import load_checkpoint
-from cifartui.engine.queue import (EntryChanged, PlannedRun, QueueRunner, RunQueue, child_command, plan_slots,
+from cifartui.engine.runs.checkpoint import load_checkpoint
+from cifartui.engine.orchestration.queue import (EntryChanged, PlannedRun, QueueRunner, RunQueue, child_command, plan_slots,
                                   toml_document)
-from cifartui.engine.runs import RunLock, is_locked, read_metrics
-from cifartui.engine.sweep import SuccessiveHalving, write_plan
+from cifartui.engine.runs.folders import RunLock, is_locked, read_metrics
+from cifartui.engine.orchestration.sweep import SuccessiveHalving, write_plan
 from tests.conftest import tiny_config
 
 if sys.version_info >= (3, 11):
@@ -74,6 +74,7 @@ def _starts(run_dir: Path) -> list[dict]:
     return [e for e in read_metrics(run_dir) if e["event"] == "RunStarted"]
 
 
+@pytest.mark.slow
 def test_two_by_two_grid_over_two_seeds_ranks_mean_and_std_of_the_runs(
         tmp_path: Path, preset: Path, capsys: pytest.CaptureFixture[str]) -> None:
     runs_dir, table = tmp_path / "runs", tmp_path / "table.json"
@@ -185,6 +186,7 @@ def _position(run_dir: Path) -> tuple[int, int]:
     return (steps[-1] if steps else 0), per_epoch
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_rerunning_finished_runs_and_bit_identical(
         tmp_path: Path, preset: Path) -> None:
     runs_dir = tmp_path / "runs"
@@ -448,7 +450,7 @@ def test_frozen_recipes_read_back_exactly() -> None:
 
 
 def test_reading_a_queue_needs_neither_textual_nor_torch() -> None:
-    code = ("import sys\nimport cifartui.engine.queue, cifartui.engine.sweep\n"
+    code = ("import sys\nimport cifartui.engine.orchestration.queue, cifartui.engine.orchestration.sweep\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'torch')))\n")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from cifartui.cli import main
-from cifartui.engine.queue import ProgressTails, RunQueue, read_progress
-from cifartui.engine.runs import is_locked
-from cifartui.engine.sweep import find_sweeps, rank_settings, read_sweep, sweep_of, sweep_run_dirs, sweep_runs
+from cifartui.engine.orchestration.queue import ProgressTails, RunQueue, read_progress
+from cifartui.engine.runs.folders import is_locked
+from cifartui.engine.orchestration.sweep import find_sweeps, rank_settings, read_sweep, sweep_of, sweep_run_dirs, sweep_runs
 from cifartui.ui.app import make_app
-from cifartui.ui.screens import sweeps as sweeps_module
+from cifartui.ui import background
 from tests.app_helpers import app_config, epochs_script, run, wait_for, write_run
 from tests.sweep_helpers import fake_sweep, user_preset
 
@@ -199,7 +199,7 @@ def test_sweep_started_from_the_form_goes_on_after_the_app_quits_and_ranks_as_th
 
     run(start_then_quit())
     sweep_dir = found["sweep"]
-    process = sweeps_module.driver_started_here(sweep_dir)
+    process = background.driver_started_here(sweep_dir)
     assert process is not None and process.poll() is None and is_locked(sweep_dir)  # the sweep outlived the app
     plan = json.loads((sweep_dir / "sweep.json").read_text())
     assert plan["varied"] == ["optimizer.lr"] and plan["grid"] == {"optimizer.lr": [0.05, 0.2]}
@@ -293,8 +293,8 @@ def test_sweep_started_in_a_shell_is_followed_live_and_its_runs_open_in_tabs(tmp
 def test_a_followed_run_whose_process_is_still_starting_stays_followed(tmp_path: Path) -> None:
     import socket
 
-    from cifartui.engine import events as ev
-    from cifartui.engine.runs import RunLock
+    from cifartui.engine.runs import events as ev
+    from cifartui.engine.runs.folders import RunLock
 
     runs = tmp_path / "runs"
     config = app_config()
@@ -311,7 +311,7 @@ def test_a_followed_run_whose_process_is_still_starting_stays_followed(tmp_path:
             await wait_for(pilot, lambda: len(app.handles) == 1)
             (handle,) = app.handles.values()
             await pilot.pause(1.5)
-            assert handle.status == "following" and handle.run_id in app._follow_timers
+            assert handle.status == "following" and handle.run_id in app.registry.follow_timers
             (run_dir / "status.json").write_text(json.dumps({"status": "running", "pid": os.getpid(),
                                                              "host": socket.gethostname()}))
             with (run_dir / "metrics.jsonl").open("a") as stream:

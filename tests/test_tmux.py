@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from cifartui.engine.checkpoint import load_checkpoint
+from cifartui.engine.runs.checkpoint import load_checkpoint
 
 
 def _tmux(*args: str) -> str:
@@ -50,6 +50,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ending", ["hangup", "sigterm"])
 def test_run_pause_and_hangup_in_tmux(tmp_path: Path, ending: str) -> None:
     assert shutil.which("tmux"), "tmux is required for this test (.ci/run installs it)"

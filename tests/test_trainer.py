@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from cifartui.config import DropoutEvent, ModelConfig, ScheduleConfig
-from cifartui.engine import events as ev
-from cifartui.engine import trainer as trainer_module
-from cifartui.engine.checkpoint import load_checkpoint
-from cifartui.engine.runs import read_metrics, read_status
-from cifartui.engine.trainer import RunControl, Trainer
+from cifartui.engine.runs import events as ev
+from cifartui.engine.train import trainer as trainer_module
+from cifartui.engine.runs.checkpoint import load_checkpoint
+from cifartui.engine.runs.folders import read_metrics, read_status
+from cifartui.engine.train.trainer import RunControl, Trainer
 from tests.conftest import tiny_config
 
 
@@ -192,7 +192,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, stop_at: i
         pass
 
     interrupted = Trainer(config, tmp_path / "split", control=control, listeners=[stop_at_step])
-    original = interrupted._between_steps
+    original = interrupted.run_control.between_steps
 
     def between_steps() -> bool:
         p = interrupted.progress
@@ -200,7 +200,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, stop_at: i
             control.stop("simulated interrupt")
         return original()
 
-    interrupted._between_steps = between_steps
+    interrupted.run_control.between_steps = between_steps
     assert interrupted.run().status == "stopped"
     assert _final_state(tmp_path / "split")["progress"]["step"] == stop_at
     resumed = Trainer(config, tmp_path / "split", resume=True).run()
@@ -214,7 +214,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path, stop_at: i
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
 def test_a_step_with_non_finite_loss_leaves_weights_and_optimizer_state_alone(name: str) -> None:
     from cifartui.config import OptimizerConfig
-    from cifartui.engine.optim import build_optimizer, step_unless
+    from cifartui.engine.train.optim import build_optimizer, step_unless
 
     model = torch.nn.Linear(4, 2)
     optimizer = build_optimizer(model, OptimizerConfig(name=name, lr=0.1, momentum=0.9), torch.device("cpu"))
@@ -237,7 +237,7 @@ def test_a_step_with_non_finite_loss_leaves_weights_and_optimizer_state_alone(na
 @pytest.mark.parametrize("name, momentum", [("sgd", 0.9), ("sgd", 0.0), ("adam", 0.0), ("rmsprop", 0.9)])
 def test_a_non_finite_first_step_leaves_a_clean_start(name: str, momentum: float) -> None:
     from cifartui.config import OptimizerConfig
-    from cifartui.engine.optim import build_optimizer, step_unless
+    from cifartui.engine.train.optim import build_optimizer, step_unless
 
     torch.manual_seed(0)
     model, twin = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)

@@ -18,12 +18,12 @@ if hasattr(signal, "SIGHUP"):
 # Exceptions that mean a mistake in the input, by the module that defines them.
 USER_ERRORS = {
     "cifartui.config": ("ConfigError",),
-    "cifartui.engine.checkpoint": ("CheckpointError",),
-    "cifartui.engine.data": ("DataError",),
-    "cifartui.engine.inspect": ("InspectError",),
-    "cifartui.engine.models": ("ModelError",),
-    "cifartui.engine.runs": ("RunDirError",),
-    "cifartui.engine.trainer": ("DeviceError", "ResumeRefused"),
+    "cifartui.engine.runs.checkpoint": ("CheckpointError",),
+    "cifartui.engine.train.data": ("DataError",),
+    "cifartui.engine.train.inspect": ("InspectError",),
+    "cifartui.engine.train.models": ("ModelError",),
+    "cifartui.engine.runs.folders": ("RunDirError",),
+    "cifartui.engine.train.trainer": ("DeviceError", "ResumeRefused"),
     "cifartui.ui.graphics": ("GraphicsError",),
     "cifartui.cli.common": ("OutputPathError",),
 }
@@ -139,6 +139,17 @@ def write_output(path: Path, text: str, what: str) -> None:
 
 STATE_STYLE = {"pending": "dim", "running": "bold cyan", "waiting": "yellow", "finished": "green",
                "failed": "bold red", "stopped": "magenta", "interrupted": "yellow"}
+
+
+def state_cell(entry: Any) -> Any:
+    """A run's state for a live table, saying so when it started again because its machine went away."""
+    from rich.text import Text
+
+    text = Text(entry.state, style=STATE_STYLE.get(entry.state, ""))
+    if getattr(entry, "nodes_lost", 0):
+        times = f" {entry.nodes_lost}x" if entry.nodes_lost > 1 else ""
+        text.append(f" (restarted after node lost{times})", style="yellow")
+    return text
 
 
 class LiveQueueTable:

@@ -1,6 +1,6 @@
 """`control` and `branch`: steer a run another process trains, or start a new run from one of its checkpoints.
 
-`control` talks to the process through the run's control channel (engine/channel.py)
+`control` talks to the process through the run's control channel (engine/runs/channel.py)
 and needs no PyTorch, so it answers in a fraction of a second.
 """
 
@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cifartui.cli.common import EXIT_OK, EXIT_USAGE
+from cifartui.cli.common import EXIT_OK, EXIT_USAGE, SIGNAL_EXIT
 from cifartui.config import ConfigError
 
 ACTIONS = ("pause", "resume", "checkpoint", "stop", "set", "status")
@@ -35,7 +38,7 @@ def add_parsers(commands: Any) -> None:
                          help="with set: settings as --set takes them (TOML values), e.g. optimizer.lr=0.01 "
                          "dropout.stack3=0.4")
     control.add_argument("--json", action="store_true", help="print the run's answer as JSON")
-    control.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+    control.add_argument("--timeout", type=_timeout, default=30.0, metavar="SECONDS",
                          help="how long to wait for the run to answer (default 30)")
 
     branch = commands.add_parser(
@@ -50,9 +53,22 @@ def add_parsers(commands: Any) -> None:
                         help="a change the branch starts with (the keys `control set` takes); repeatable")
     branch.add_argument("--runs-dir", type=Path, help="where the branch's run directory goes (default: beside "
                         "the parent)")
+    branch.add_argument("--run-dir", dest="branch_dir", type=Path, metavar="DIR",
+                        help="train the branch into this folder (new, or holding no run yet) instead of a new one; "
+                        "the app starts its background branches this way")
     branch.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the parent's)")
     branch.add_argument("--data-dir", type=Path, help="where CIFAR lives")
     branch.add_argument("--summary-json", type=Path, metavar="FILE", help="write the final metrics as JSON")
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}': expected a finite number of seconds, 0 or more")
+    return value
 
 
 def _error(message: str) -> int:
@@ -61,8 +77,8 @@ def _error(message: str) -> int:
 
 
 def cmd_control(args: argparse.Namespace, console: Console) -> int:
-    from cifartui.engine.channel import ControlError, send
-    from cifartui.engine.settings import parse_assignments
+    from cifartui.engine.runs.channel import ControlError, RequestInterrupted, RunNotRunning, send
+    from cifartui.engine.runs.settings import parse_assignments
 
     request: dict[str, Any] = {}
     if args.action == "set":
@@ -77,10 +93,32 @@ def cmd_control(args: argparse.Namespace, console: Console) -> int:
             return _error("values must be numbers, booleans, strings or lists of them")
     elif args.assignments:
         return _error(f"{args.action} takes no KEY=VALUE (only set does)")
+    received: list[int] = []
+
+    def on_term(number: int, _frame: Any) -> None:
+        received.append(number)
+        raise KeyboardInterrupt
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, on_term)  # withdraw the request as a Ctrl-C does
     try:
         answer = send(args.run_dir, args.action, request, timeout=args.timeout)
     except ControlError as error:
+        if args.json:  # a JSON reader gets an object whatever happened, with the exit code of the text form
+            sys.stdout.write(json.dumps({"ok": False, "live": not isinstance(error, RunNotRunning),
+                                         "error": str(error)}) + "\n")
         return _error(str(error))
+    except RequestInterrupted as interrupt:
+        where = escape(str(args.run_dir))
+        text = (f"Interrupted: {where} had already taken the request, so it may still apply it; `cifartui control "
+                f"{where} status` shows the settings in force." if interrupt.taken else
+                "Interrupted: the request was withdrawn before the run took it; nothing was applied.")
+        Console(stderr=True).print(text, highlight=False, soft_wrap=True)
+        return SIGNAL_EXIT[signal.SIGTERM] if received else SIGNAL_EXIT[signal.SIGINT]
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if args.json:
         sys.stdout.write(json.dumps(answer) + "\n")
         return EXIT_OK
@@ -90,6 +128,9 @@ def cmd_control(args: argparse.Namespace, console: Console) -> int:
         console.print(f"Paused {run} at {where}.", highlight=False, soft_wrap=True)
     elif args.action == "resume":
         console.print(f"Resumed {run} at {where}.", highlight=False, soft_wrap=True)
+    elif args.action == "checkpoint" and answer.get("queued"):
+        console.print(f"{run} is in a long step at {where}: it writes {escape(str(answer.get('path')))} when the step "
+                      "ends.", highlight=False, soft_wrap=True)
     elif args.action == "checkpoint":
         console.print(f"Wrote {escape(str(answer.get('path')))} at {where}.", highlight=False, soft_wrap=True)
     elif args.action == "stop":
@@ -104,8 +145,9 @@ def cmd_control(args: argparse.Namespace, console: Console) -> int:
             lines = [f"  {key}: {_value(old)} -> {_value(new)}"
                      + (f" ({when[key]})" if when.get(key, "at the next step") != "at the next step" else "")
                      for key, (old, new) in changes.items()]
-            console.print(f"Applied to {run} at {where}:\n" + escape("\n".join(lines)), highlight=False,
-                          soft_wrap=True)
+            verb = (f"Queued for {run}, in a long step at {where}: applies when the step ends"
+                    if answer.get("queued") else f"Applied to {run} at {where}")
+            console.print(f"{verb}:\n" + escape("\n".join(lines)), highlight=False, soft_wrap=True)
     else:
         _print_status(console, args.run_dir, answer)
     return EXIT_OK
@@ -137,26 +179,40 @@ def _print_status(console: Console, run_dir: Path, answer: dict[str, Any]) -> No
     console.print(table)
 
 
+def _parent_checkpoint(parent: Path, name: str, error: type[Exception]) -> Path:
+    """The checkpoint `name` (last, best, epoch-0005, with or without .pt) in the parent's own
+    checkpoints folder: a path that leads elsewhere would make the branch another run's child."""
+    folder = parent / "checkpoints"
+    try:
+        kept = sorted(p.stem for p in folder.glob("*.pt") if p.is_file() and not p.is_symlink())
+    except OSError:
+        kept = []
+    stem = name[:-3] if name.endswith(".pt") else name
+    if stem not in kept or "/" in name or "\\" in name or stem.startswith("."):
+        what = "a checkpoint name, not a path" if ("/" in name or "\\" in name) else "no such checkpoint"
+        raise error(f"--checkpoint {name}: {what}; {parent} has: {', '.join(kept) or 'none'}")
+    return folder / f"{stem}.pt"
+
+
 def cmd_branch(args: argparse.Namespace, console: Console) -> int:
-    from cifartui.cli.training import _run
-    from cifartui.engine.checkpoint import CheckpointError
-    from cifartui.engine.runs import RunLock, new_run_dir, read_config
-    from cifartui.engine.settings import parse_assignments
-    from cifartui.engine.trainer import Branch
+    from cifartui.cli.training import _run, given_run_dir
+    from cifartui.engine.runs.checkpoint import CheckpointError
+    from cifartui.engine.runs.folders import RunLock, new_run_dir, read_config
+    from cifartui.engine.runs.settings import parse_assignments
+    from cifartui.engine.train.trainer import Branch
 
     parent = args.run_dir
     config = read_config(parent)
-    name = args.checkpoint if args.checkpoint.endswith(".pt") else f"{args.checkpoint}.pt"
-    checkpoint = parent / "checkpoints" / name
-    if not checkpoint.is_file():
-        kept = sorted(p.stem for p in (parent / "checkpoints").glob("*.pt")) if (parent / "checkpoints").is_dir() else []
-        raise CheckpointError(f"{checkpoint}: no such checkpoint; {parent} has: {', '.join(kept) or 'none'}")
+    checkpoint = _parent_checkpoint(parent, args.checkpoint, CheckpointError)
     changes = parse_assignments(args.sets, "--set")
     if args.device is not None:
         from cifartui.config import replace_path
 
         config = replace_path(config, "train.device", args.device, "--device")
-    run_dir = new_run_dir(args.runs_dir or parent.parent, f"{config.name}-branch")
+    if args.branch_dir is not None:
+        run_dir = given_run_dir(args.branch_dir)
+    else:
+        run_dir = new_run_dir(args.runs_dir or parent.parent, f"{config.name}-branch")
     lock = RunLock(run_dir).acquire()
     branch = Branch(parent=parent, checkpoint=checkpoint, changes=changes)
     return _run(config, run_dir, args, console, resume=False, lock=lock, branch=branch)

@@ -83,7 +83,7 @@ def cmd_presets(args: argparse.Namespace, console: Console) -> int:
 
 
 def _show_preset(name: str, console: Console) -> int:
-    from cifartui.engine.models import build_model, summarize
+    from cifartui.engine.train.models import build_model, summarize
 
     config = presets.load(name)
     console.print(f"[bold]{escape(config.name)}[/]: {escape(config.description)}", highlight=False, soft_wrap=True)
@@ -123,7 +123,7 @@ def _show_preset(name: str, console: Console) -> int:
 
 def _decay_table(model: Any, config: RunConfig) -> Table:
     """Which parameters decay how much: a parameter is named by its layer, then .weight or .bias."""
-    from cifartui.engine.optim import decay_groups
+    from cifartui.engine.train.optim import decay_groups
 
     optimizer = config.optimizer
     keras = optimizer.decay_convention == "keras-l2"
@@ -140,14 +140,14 @@ def _decay_table(model: Any, config: RunConfig) -> Table:
 
 
 def cmd_runs(args: argparse.Namespace, console: Console) -> int:
-    from cifartui.engine.runs import default_runs_dir, list_runs
+    from cifartui.engine.runs.folders import default_runs_dir, list_runs
 
-    from cifartui.engine.sweep import find_sweeps
+    from cifartui.engine.orchestration.sweep import find_sweeps
 
     runs_dir = args.runs_dir or default_runs_dir()
     infos, problems = list_runs(runs_dir)
     sweeps = find_sweeps(runs_dir)
-    from cifartui.engine.reproduce import find_reproductions
+    from cifartui.engine.orchestration.reproduce import find_reproductions
 
     reproductions = find_reproductions(runs_dir)
     if not infos and not problems and not sweeps and not reproductions:
@@ -172,9 +172,9 @@ def cmd_runs(args: argparse.Namespace, console: Console) -> int:
 def _print_reproduction(directory: Path, console: Console) -> str:
     """A reproduction's report as its files say now (its runs live inside it); a problem, if unreadable."""
     from cifartui.cli.reproduce import report_table
-    from cifartui.engine.queue import QueueError
-    from cifartui.engine.reproduce import read_reproduction
-    from cifartui.engine.runs import RunDirError
+    from cifartui.engine.orchestration.queue import QueueError
+    from cifartui.engine.orchestration.reproduce import read_reproduction
+    from cifartui.engine.runs.folders import RunDirError
 
     try:
         plan, rows = read_reproduction(directory)
@@ -199,9 +199,9 @@ def _print_runs(runs_dir: Path, infos: list[Any], console: Console) -> None:
 
 def _print_sweep(sweep_dir: Path, console: Console) -> str:
     """A sweep's runs as one table (their directories live inside the sweep's); a problem, if unreadable."""
-    from cifartui.engine.queue import ProgressTails, QueueError
-    from cifartui.engine.runs import RunDirError
-    from cifartui.engine.sweep import format_value, read_sweep
+    from cifartui.engine.orchestration.queue import ProgressTails, QueueError
+    from cifartui.engine.runs.folders import RunDirError
+    from cifartui.engine.orchestration.sweep import format_value, read_sweep
 
     def plural_runs(count: int) -> str:
         return f"{count} run" + ("" if count == 1 else "s")
@@ -242,7 +242,7 @@ def _print_sweep(sweep_dir: Path, console: Console) -> str:
 
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
-    from cifartui.engine.runs import RunDirError, read_config, read_metrics
+    from cifartui.engine.runs.folders import RunDirError, read_config, read_metrics
 
     config = read_config(args.run_dir)  # a clear error when this is not a run directory
     output = _export_output(args)

@@ -16,9 +16,10 @@ from rich.table import Table
 from rich.text import Text
 
 from cifartui.cli.common import (EXIT_FAILED, EXIT_OK, SIGNAL_EXIT, STATE_STYLE, LiveQueueTable, check_output_file,
-                                 pct, write_output)
+                                 pct, state_cell, write_output)
+from cifartui.cli.ray_option import add_ray_option, ray_launcher, resume_on_ray
 from cifartui.config import ConfigError
-from cifartui.engine.reproduce import QUICK_EPOCHS, QUICK_MAX_STEPS, WITHIN_POINTS
+from cifartui.engine.orchestration.reproduce import QUICK_EPOCHS, QUICK_MAX_STEPS, WITHIN_POINTS
 
 # Options that make the plan; a resumed reproduction keeps the plan it has.
 PLAN_OPTIONS = ("presets", "quick", "dataset", "sets", "runs_dir")
@@ -63,11 +64,12 @@ def add_parsers(commands: Any) -> None:
     reproduce.add_argument("--markdown", type=Path, metavar="FILE", help="also write the report as Markdown here")
     reproduce.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON here")
     reproduce.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted reproduction")
+    add_ray_option(reproduce)
 
 
 def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
-    from cifartui.engine.queue import RunQueue, plan_slots
-    from cifartui.engine.reproduce import read_plan
+    from cifartui.engine.orchestration.queue import RunQueue, plan_slots
+    from cifartui.engine.orchestration.reproduce import read_plan
 
     for path, option in ((args.markdown, "--markdown"), (args.json, "--json")):
         if path is not None:
@@ -79,15 +81,21 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
             raise ConfigError("--resume", "", f"a resumed reproduction keeps its plan; {option} cannot change it "
                               "(--parallel, --devices, --device, --data-dir, --markdown and --json can)")
         plan = read_plan(args.resume)
-        queue, slots = RunQueue.resume(args.resume, device=args.device, devices=args.devices,
-                                       parallel=args.parallel, data_dir=args.data_dir)
+        launcher = ray_launcher(args, args.device or (RunQueue.open(args.resume).settings.get("device") if args.ray
+                                                     else None) or "auto")
+        if launcher is not None:  # Ray places the runs: this machine's devices do not matter
+            queue, slots = resume_on_ray(args.resume, args.data_dir), launcher.slots()
+        else:
+            queue, slots = RunQueue.resume(args.resume, device=args.device, devices=args.devices,
+                                           parallel=args.parallel, data_dir=args.data_dir)
     else:
         plan, runs = _plan(args)
         device = args.device or "auto"
-        slots = plan_slots(device, args.devices, args.parallel)  # before anything is written
+        launcher = ray_launcher(args, device)  # connects, or says why not, before anything is written
+        slots = launcher.slots() if launcher is not None else plan_slots(device, args.devices, args.parallel)
         queue = _create(args, plan, runs, device)
     try:
-        return _drive(queue, plan, slots, args, console)
+        return _drive(queue, plan, slots, args, console, launcher)
     finally:
         queue.unlock()
 
@@ -96,7 +104,7 @@ def _plan(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
     """The plan and its runs, every recipe loaded, changed as asked and its model built once; nothing written."""
     from cifartui import presets
     from cifartui.cli.training import _check_model
-    from cifartui.engine.reproduce import plan_reproduction, select_recipes
+    from cifartui.engine.orchestration.reproduce import plan_reproduction, select_recipes
 
     recipes = select_recipes(args.presets, load=presets.load, seed_recipes=presets.seed_recipes)
     plan, runs = plan_reproduction(recipes, compose=presets.compose, quick=args.quick, dataset=args.dataset,
@@ -112,8 +120,8 @@ def _plan(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
 
 def _create(args: argparse.Namespace, plan: dict[str, Any], runs: list[Any], device: str) -> Any:
     from cifartui.cli.common import check_output_dir
-    from cifartui.engine.reproduce import create_reproduction
-    from cifartui.engine.runs import default_runs_dir
+    from cifartui.engine.orchestration.reproduce import create_reproduction
+    from cifartui.engine.runs.folders import default_runs_dir
 
     runs_dir = check_output_dir(args.runs_dir or default_runs_dir(), "the runs folder")
     queue = create_reproduction(runs_dir, plan, runs, device=device, parallel=args.parallel, devices=args.devices,
@@ -121,12 +129,15 @@ def _create(args: argparse.Namespace, plan: dict[str, Any], runs: list[Any], dev
     return queue.lock()
 
 
-def _drive(queue: Any, plan: dict[str, Any], slots: list[str], args: argparse.Namespace, console: Console) -> int:
-    from cifartui.engine.queue import QueueRunner
-    from cifartui.engine.reproduce import REPORT_JSON, REPORT_MARKDOWN, render_json, render_markdown, report_rows
+def _drive(queue: Any, plan: dict[str, Any], slots: list[str], args: argparse.Namespace, console: Console,
+           launcher: Any = None) -> int:
+    from cifartui.engine.orchestration.queue import QueueRunner
+    from cifartui.engine.orchestration.reproduce import REPORT_JSON, REPORT_MARKDOWN, render_json, render_markdown, report_rows
 
     display = ReproduceDisplay(console, queue)
-    runner = QueueRunner(queue, slots, listener=display)
+    if launcher is not None:
+        slots = launcher.slots()
+    runner = QueueRunner(queue, slots, listener=display, launcher=launcher)
     received: list[int] = []
 
     def on_signal(number: int, _frame: Any) -> None:
@@ -178,9 +189,33 @@ VERDICT_STYLE = {"within": "bold green", "below": "yellow", "above": "cyan", "qu
                  "not run": "dim", "interrupted": "yellow", "no result": "magenta"}
 
 
+# The widest a recipe's name is shown on one line in the report table; longer names break after a hyphen.
+RECIPE_WIDTH = 16
+
+
+def _wrap_at_hyphens(name: str, width: int) -> str:
+    lines, line = [], ""
+    for part in name.replace("-", "-\0").split("\0"):
+        if line and len(line) + len(part) > width:
+            lines.append(line)
+            line = ""
+        line += part
+    return "\n".join(lines + [line])
+
+
+def _narrow_widths(width: int, name_width: int) -> dict[str, int]:
+    """Column widths that fit `width`: the recipe's name whole, the numbers as they wrap at their spaces,
+    and what is left to the verdict (Rich alone would cut the last columns off)."""
+    fixed = {"recipe": name_width, "source": 6, "reported": 7, "reproduced": 7, "epochs": 7, "wall time": 6,
+             "device": 6}
+    gaps = 2 * (len(fixed) + 1) - 2  # a space each side of a column, but for the table's edges
+    fixed["verdict"] = max(6, width - sum(fixed.values()) - gaps)
+    return fixed
+
+
 def report_table(rows: list[Any], plan: dict[str, Any], width: int = 200) -> Table:
     """The report for a terminal `width` columns wide; below 140 the source column shows only the write-up's number."""
-    from cifartui.engine.reproduce import COLUMNS, row_cells, title
+    from cifartui.engine.orchestration.reproduce import COLUMNS, row_cells, title
 
     caption = None
     if plan.get("modified"):
@@ -188,12 +223,16 @@ def report_table(rows: list[Any], plan: dict[str, Any], width: int = 200) -> Tab
     narrow = width < 140
     table = Table(title=title(plan), caption=caption, show_header=True, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
                   width=width if narrow else None)
+    # Every name whole (up to the longest a narrow terminal has room for, then cut at its hyphens): the other
+    # columns wrap instead, for on an 80-column terminal the eight columns fit only so.
+    name_width = min(max([len(str(row.recipe)) for row in rows] + [len("recipe")]), RECIPE_WIDTH)
+    widths = _narrow_widths(width, name_width) if narrow else {}
     for column in COLUMNS:
-        # Everything may wrap: on an 80-column terminal the eight columns fit only so.
         table.add_column(column, justify="right" if column in ("reported", "reproduced", "epochs", "wall time")
-                         else "left", overflow="fold")
+                         else "left", overflow="fold", width=widths.get(column))
     for row in rows:
         cells = row_cells(row)
+        cells[0] = _wrap_at_hyphens(cells[0], name_width)
         if narrow:  # the write-up by its number alone (NNN of NNN_hash; report.md has it all); the split below
             cells[1] = row.seed.split("_", 1)[0] if row.seed else "-"
             cells[2] = cells[2].replace(" (", "\n(")
@@ -207,7 +246,7 @@ class ReproduceDisplay(LiveQueueTable):
     """The runs as a Rich live table on a terminal; a line per change of state elsewhere (logs, pipes)."""
 
     def __call__(self, event: Any) -> None:
-        from cifartui.engine.queue import EntryChanged
+        from cifartui.engine.orchestration.queue import EntryChanged
 
         if self.live is not None:
             self.redraw()
@@ -229,7 +268,7 @@ class ReproduceDisplay(LiveQueueTable):
         for entry in sorted(shown, key=lambda e: e.key):
             epochs = f"{entry.progress.epochs_done}/{entry.epochs}" if entry.state != "pending" else ""
             table.add_row(str(entry.label.get("recipe", entry.key)), entry.device or "",
-                          Text(entry.state, style=STATE_STYLE.get(entry.state, "")), epochs,
+                          state_cell(entry), epochs,
                           pct(entry.progress.best_val_top1))
         counts = self.queue.counts()
         summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)

@@ -37,8 +37,8 @@ def add_parsers(commands: Any) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
-    from cifartui.engine.inspect import inspect_run
-    from cifartui.engine.trainer import resolve_device
+    from cifartui.engine.train.inspect import inspect_run
+    from cifartui.engine.train.trainer import resolve_device
 
     result = inspect_run(args.run_dir, checkpoint=args.checkpoint, data_dir=args.data_dir,
                          device=str(resolve_device(args.device)))
@@ -92,7 +92,7 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_predict(args: argparse.Namespace, console: Console) -> int:
-    from cifartui.engine.inspect import load_trained, predict_images, read_image
+    from cifartui.engine.train.inspect import load_trained, predict_images, read_image
 
     for path in args.images:  # a file that is not an image is found before the model loads
         read_image(path)

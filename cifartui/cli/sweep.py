@@ -14,13 +14,17 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from cifartui.cli.common import EXIT_FAILED, EXIT_OK, SIGNAL_EXIT, STATE_STYLE, LiveQueueTable
+from cifartui.cli import search
+from cifartui.cli.common import EXIT_FAILED, EXIT_OK, SIGNAL_EXIT, STATE_STYLE, LiveQueueTable, state_cell
+from cifartui.cli.ray_option import add_ray_option, ray_launcher, resume_on_ray
 from cifartui.cli.training import preset_options
 from cifartui.config import ConfigError
 
+# Larger plans take a while to check and write; asked for by --max-runs or --yes.
+MAX_RUNS = 1000
 # Options that make the plan; a resumed sweep keeps the plan it has.
 PLAN_OPTIONS = ("preset", "grid", "range", "random", "seeds", "halving", "sets", "epochs", "dataset", "model",
-                "optimizer", "augment", "batch_size", "lr", "seed", "runs_dir")
+                "optimizer", "augment", "batch_size", "lr", "seed", "runs_dir", "max_runs")
 
 
 def add_parsers(commands: Any) -> None:
@@ -47,14 +51,21 @@ def add_parsers(commands: Any) -> None:
     sweep.add_argument("--halving", type=int, nargs="?", const=1, metavar="FIRST",
                        help="successive halving: at epochs FIRST, 2*FIRST, 4*FIRST, ... (default FIRST=1) stop "
                        "a run whose best validation top-1 is in the worse half of the runs that got there")
+    sweep.add_argument("--max-runs", type=int, metavar="N", help=f"refuse a plan of more than N runs (default "
+                       f"{MAX_RUNS}): a plan is made and written whole before the first run starts")
+    sweep.add_argument("--yes", action="store_true", help="plan any number of runs (no --max-runs limit)")
     sweep.add_argument("--json", type=Path, metavar="FILE", help="write the ranked table as JSON")
     sweep.add_argument("--resume", type=Path, metavar="SWEEP_DIR", help="continue an interrupted sweep")
+    search.add_options(sweep)
+    add_ray_option(sweep)
 
 
 def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
-    from cifartui.engine.queue import RunQueue, plan_slots
-    from cifartui.engine.sweep import read_plan
+    from cifartui.engine.orchestration.queue import RunQueue, plan_slots
+    from cifartui.engine.orchestration.sweep import read_plan
 
+    if search.wants_search(args):  # --search, --space, ... or --resume of a search's folder
+        return search.cmd_search(args, console, plan_options=PLAN_OPTIONS, display=SweepDisplay)
     if args.resume is not None:
         given = [name for name in PLAN_OPTIONS if getattr(args, name) not in (None, [])]
         if given:
@@ -62,48 +73,62 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
             raise ConfigError("--resume", "", f"a resumed sweep keeps its plan; {option} cannot change it "
                               "(--parallel, --devices, --device, --data-dir and --json can)")
         plan = read_plan(args.resume)
-        queue, slots = RunQueue.resume(args.resume, device=args.device, devices=args.devices,
-                                       parallel=args.parallel, data_dir=args.data_dir)
+        launcher = ray_launcher(args, args.device or (RunQueue.open(args.resume).settings.get("device") if args.ray
+                                                     else None) or "auto")
+        if launcher is not None:  # Ray places the runs: this machine's devices do not matter
+            queue, slots = resume_on_ray(args.resume, args.data_dir), launcher.slots()
+        else:
+            queue, slots = RunQueue.resume(args.resume, device=args.device, devices=args.devices,
+                                           parallel=args.parallel, data_dir=args.data_dir)
     else:
         if args.preset is None:
             raise ConfigError("sweep", "", "expected a PRESET to sweep, or --resume SWEEP_DIR")
-        plan, runs, device = _plan(args)
-        slots = plan_slots(device, args.devices, args.parallel)  # before anything is written
+        plan, runs, device = _plan(args, console)
+        launcher = ray_launcher(args, device)  # connects, or says why not, before anything is written
+        slots = launcher.slots() if launcher is not None else plan_slots(device, args.devices, args.parallel)
         queue = _create(args, plan, runs, device)
     try:
-        return _drive(queue, plan, slots, args, console)
+        return _drive(queue, plan, slots, args, console, launcher)
     finally:
         queue.unlock()
 
 
-def _plan(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any], str]:
+def _plan(args: argparse.Namespace, console: Console) -> tuple[dict[str, Any], list[Any], str]:
     """The plan and its runs, every one validated; nothing is written yet."""
     from cifartui.cli.training import _check_model, _config_from_args
-    from cifartui.engine.sweep import SweepRequest, plan_sweep
+    from cifartui.engine.orchestration.sweep import SweepRequest, plan_sweep
 
     base = _config_from_args(args)  # the recipe with the options of train, as `train` would build it
     explicit = {text.partition("=")[0].strip(): "--set" for text in args.sets}
     for option, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("lr", "optimizer.lr")):
         if getattr(args, option) is not None:
             explicit[key] = "--" + option.replace("_", "-")
+    if args.max_runs is not None and args.max_runs < 1:
+        raise ConfigError("--max-runs", str(args.max_runs), "expected a positive number of runs")
     request = SweepRequest(grids=tuple(args.grid), ranges=tuple(args.range), random=args.random, seeds=args.seeds,
-                           halving=args.halving, seed=args.seed, explicit=explicit)
-    plan, runs = plan_sweep(base, request, check_model=_check_model)
+                           halving=args.halving, seed=args.seed, explicit=explicit,
+                           max_runs=None if args.yes else args.max_runs or MAX_RUNS)
+
+    def announce(runs: int, settings: int, seeds: int) -> None:
+        console.print(f"Planning {runs:,} runs ({settings:,} settings x {seeds:,} seeds)...", highlight=False)
+
+    plan, runs = plan_sweep(base, request, check_model=_check_model, announce=announce)
     return plan, runs, base.train.device
 
 
 def _create(args: argparse.Namespace, plan: dict[str, Any], runs: list[Any], device: str) -> Any:
-    from cifartui.engine.runs import default_runs_dir
-    from cifartui.engine.sweep import create_sweep
+    from cifartui.engine.runs.folders import default_runs_dir
+    from cifartui.engine.orchestration.sweep import create_sweep
 
     queue = create_sweep(args.runs_dir or default_runs_dir(), plan, runs, device=device, parallel=args.parallel,
                          devices=args.devices, data_dir=args.data_dir)
     return queue.lock()
 
 
-def _drive(queue: Any, plan: dict[str, Any], slots: list[str], args: argparse.Namespace, console: Console) -> int:
-    from cifartui.engine.queue import QueueRunner
-    from cifartui.engine.sweep import SuccessiveHalving, rank_settings, sweep_runs
+def _drive(queue: Any, plan: dict[str, Any], slots: list[str], args: argparse.Namespace, console: Console,
+           launcher: Any = None) -> int:
+    from cifartui.engine.orchestration.queue import QueueRunner
+    from cifartui.engine.orchestration.sweep import SuccessiveHalving, rank_settings, sweep_runs
 
     halving = SuccessiveHalving(plan["halving"]) if plan.get("halving") else None
     if halving is not None:
@@ -116,7 +141,9 @@ def _drive(queue: Any, plan: dict[str, Any], slots: list[str], args: argparse.Na
         return halving.judge(entry.key, entry.progress.best_until, entry.progress.epochs_done, entry.epochs)
 
     display = SweepDisplay(console, queue, plan)
-    runner = QueueRunner(queue, slots, listener=display, on_epoch=on_epoch)
+    if launcher is not None:
+        slots = launcher.slots()
+    runner = QueueRunner(queue, slots, listener=display, on_epoch=on_epoch, launcher=launcher)
     received: list[int] = []
 
     def on_signal(number: int, _frame: Any) -> None:
@@ -158,7 +185,7 @@ def _drive(queue: Any, plan: dict[str, Any], slots: list[str], args: argparse.Na
 
 
 def _settings_text(settings: dict[str, Any], varied: list[str]) -> list[str]:
-    from cifartui.engine.sweep import format_value
+    from cifartui.engine.orchestration.sweep import format_value
 
     return [format_value(settings[key]) if key in settings else "" for key in varied]
 
@@ -176,7 +203,7 @@ class SweepDisplay(LiveQueueTable):
         self.recent: list[str] = []  # keys of runs in the order they last changed
 
     def __call__(self, event: Any) -> None:
-        from cifartui.engine.queue import EntryChanged
+        from cifartui.engine.orchestration.queue import EntryChanged
 
         if isinstance(event, EntryChanged):
             if event.key in self.recent:
@@ -216,7 +243,7 @@ class SweepDisplay(LiveQueueTable):
             epochs = f"{entry.progress.epochs_done}/{entry.epochs}" if entry.state != "pending" else ""
             table.add_row(entry.key, *_settings_text(entry.label.get("settings", {}), self.varied),
                           str(entry.label.get("seed", "")), entry.device or "",
-                          Text(entry.state, style=STATE_STYLE.get(entry.state, "")), epochs,
+                          state_cell(entry), epochs,
                           _pct(entry.progress.best_val_top1))
         counts = self.queue.counts()
         summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
@@ -257,7 +284,7 @@ def ranked_table(ranked: list[Any], plan: dict[str, Any]) -> Table:
 def results_json(queue: Any, plan: dict[str, Any], ranked: list[Any]) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from cifartui.engine.sweep import sweep_runs
+    from cifartui.engine.orchestration.sweep import sweep_runs
 
     return {"sweep_dir": str(queue.directory), "preset": plan["preset"], "metric": "best_val_top1",
             "varied": plan.get("varied", []), "seeds": plan.get("seeds", []),

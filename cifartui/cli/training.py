@@ -20,8 +20,8 @@ from cifartui import presets
 from cifartui.cli.common import (EXIT_FAILED, EXIT_OK, EXIT_PAUSED_HEADLESS, SIGNAL_EXIT, OutputPathError,
                                  check_output_dir, check_output_file, path_kind, pct as _pct,
                                  user_errors as _user_errors, write_output)
-from cifartui.config import RunConfig, replace_path
-from cifartui.engine.control import caused_by_interrupt
+from cifartui.config import ConfigError, RunConfig, replace_path
+from cifartui.engine.runs.control import caused_by_interrupt
 
 
 def run_options(sub: argparse.ArgumentParser) -> None:
@@ -80,7 +80,7 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
         augment=args.augment, sets=args.sets, epochs=args.epochs, seed=args.seed, device=args.device,
         batch_size=args.batch_size, lr=args.lr)
     _check_model(config)
-    from cifartui.engine.devices import resolve_device
+    from cifartui.engine.train.devices import resolve_device
 
     resolve_device(config.train.device, "--device" if args.device else "train.device")  # before any run dir
     return config
@@ -88,7 +88,7 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def cmd_app(args: argparse.Namespace, console: Console) -> int:
     """The interactive app; with `run PRESET`, that run starts training at once."""
-    from cifartui.engine.runs import default_runs_dir
+    from cifartui.engine.runs.folders import default_runs_dir
 
     runs_dir = args.runs_dir or default_runs_dir()
     initial = [_config_from_args(args)] if args.command == "run" else []
@@ -118,9 +118,18 @@ def cmd_app(args: argparse.Namespace, console: Console) -> int:
 _GIVEN_RUN_DIRS: set[Path] = set()
 
 
+def given_run_dir(path: Path) -> Path:
+    """A folder someone made for this run (`--run-dir`): writable and holding no run yet; kept if nothing trains."""
+    run_dir = check_output_dir(path, "--run-dir")
+    _GIVEN_RUN_DIRS.add(run_dir)
+    if (run_dir / "config.json").exists():
+        raise OutputPathError(f"{run_dir}: --run-dir holds a run already; `cifartui resume {run_dir}` continues it")
+    return run_dir
+
+
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
-    from cifartui.engine.distributed import from_environment
-    from cifartui.engine.runs import RunLock, default_runs_dir, new_run_dir
+    from cifartui.engine.train.distributed import from_environment
+    from cifartui.engine.runs.folders import RunLock, default_runs_dir, new_run_dir
 
     config = _config_from_args(args)
     distributed = from_environment()  # one process, or this process's place in a torchrun job
@@ -130,11 +139,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         if args.summary_json:
             check_output_file(args.summary_json, "--summary-json")
         if args.run_dir is not None:
-            run_dir = check_output_dir(args.run_dir, "--run-dir")
-            _GIVEN_RUN_DIRS.add(run_dir)
-            if (run_dir / "config.json").exists():
-                raise OutputPathError(f"{run_dir}: --run-dir holds a run already; `cifartui resume {run_dir}` "
-                                      "continues it")
+            run_dir = given_run_dir(args.run_dir)
         else:
             runs_dir = check_output_dir(args.runs_dir or default_runs_dir(), "the runs folder")
             run_dir = new_run_dir(runs_dir, config.name)
@@ -148,9 +153,9 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_resume(args: argparse.Namespace, console: Console) -> int:
-    from cifartui.engine.distributed import from_environment
-    from cifartui.engine.runs import RunLock
-    from cifartui.engine.trainer import check_resumable
+    from cifartui.engine.train.distributed import from_environment
+    from cifartui.engine.runs.folders import RunLock
+    from cifartui.engine.train.trainer import check_resumable
 
     run_dir = args.run_dir
     main_process = from_environment().is_main
@@ -165,6 +170,8 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
                 check_output_file(args.summary_json, "--summary-json")
         config = check_resumable(run_dir, extending=args.epochs is not None, lock=lock,
                                  locked_by_job=not main_process)
+        if args.epochs is not None:
+            _check_more_epochs(run_dir, args.epochs)
         if args.device is not None:  # this session's device only; the run's configuration keeps its own
             config = replace_path(config, "train.device", args.device, "--device")
     except BaseException:
@@ -175,6 +182,18 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
     # keeps what the run started with).
     changes = {"train.epochs": args.epochs, "train.max_steps": 0} if args.epochs is not None else {}
     return _run(config, run_dir, args, console, resume=True, lock=lock, resume_changes=changes)
+
+
+def _check_more_epochs(run_dir: Path, epochs: int) -> None:
+    """`resume --epochs N` trains up to N epochs in all: N must be past the epochs the last checkpoint holds."""
+    from cifartui.engine.runs.checkpoint import load_checkpoint
+
+    progress = load_checkpoint(run_dir / "checkpoints" / "last.pt").get("progress")
+    done = int(progress.get("epoch", 0)) if isinstance(progress, dict) else 0
+    if epochs <= done:
+        mid = f", and epoch {done + 1} is under way" if isinstance(progress, dict) and progress.get("position") else ""
+        raise ConfigError("--epochs", str(epochs), f"{run_dir} has {done} epoch{'s' if done != 1 else ''} done{mid}; "
+                          f"--epochs is the total to train up to, so expected more than {done}")
 
 
 def _discard_if_untrained(run_dir: Path) -> bool:
@@ -191,9 +210,9 @@ def _discard_if_untrained(run_dir: Path) -> bool:
 
 def _check_model(config: RunConfig) -> None:
     """Build the model once on the CPU so option mistakes surface before any data is loaded."""
-    from cifartui.engine.models import build_model
-    from cifartui.engine.optim import decay_groups
-    from cifartui.engine.schedules import DropoutSchedule
+    from cifartui.engine.train.models import build_model
+    from cifartui.engine.train.optim import decay_groups
+    from cifartui.engine.train.schedules import DropoutSchedule
 
     model = build_model(config.model, config.dataset.num_classes)
     DropoutSchedule(config.dropout_schedule, model, steps_per_epoch=1)
@@ -202,8 +221,8 @@ def _check_model(config: RunConfig) -> None:
 
 def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Console, *, resume: bool,
          lock: Any = None, resume_changes: dict[str, Any] | None = None, branch: Any = None) -> int:
-    from cifartui.engine import distributed
-    from cifartui.engine.trainer import RunControl, Trainer
+    from cifartui.engine.train import distributed
+    from cifartui.engine.train.trainer import RunControl, Trainer
 
     job = distributed.from_environment()
     if not job.is_main:  # under torchrun, rank 0 speaks for the job
@@ -306,7 +325,7 @@ def _interrupted(run_dir: Path, console: Console, received: list[int], *, resume
 
 def _mark_interrupted(run_dir: Path, reason: str) -> None:
     """A run left at once was interrupted, not failed: say so in status.json, under the run's lock."""
-    from cifartui.engine.runs import RunDirError, RunLock, write_status
+    from cifartui.engine.runs.folders import RunDirError, RunLock, write_status
 
     try:
         status = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
@@ -366,23 +385,31 @@ class ProgressDisplay:
         self.task = None
         self._started = False
         self.run_dir = ""
+        self._header: Any = None  # a branch's RunStarted, printed once its own changes are known
+        self._header_steps = 0
+        self._header_changes: list[Any] = []
 
     def __call__(self, event: Any) -> None:
-        from cifartui.engine import events as ev
+        from cifartui.engine.runs import events as ev
 
         if isinstance(event, ev.RunStarted):
             self.run_dir = event.run_dir
-            summary = event.model_summary
-            verb = "Resuming" if event.resumed else "Training"
-            self.console.print(
-                f"{verb} [bold]{escape(str(event.config['name']))}[/] on {escape(event.device)}: "
-                f"{escape(summary['name'])} ({summary['total_parameters']:,} parameters), {event.train_size} train / "
-                f"{event.val_size} val / {event.test_size} test images, {event.total_steps} steps. "
-                f"Run directory: {escape(event.run_dir)}",
-                highlight=False, soft_wrap=True)
+            if event.parent:  # a branch applies its own changes next: its header waits for their step count
+                self._header, self._header_steps, self._header_changes = event, event.total_steps, []
+            else:
+                self._print_header(event, event.total_steps)
             self.progress.start()
             self._started = True
             self.task = self.progress.add_task("train", total=event.total_steps, completed=event.step, stats="")
+        elif self._header is not None and isinstance(event, ev.SettingsChanged):
+            self._header_steps = _steps_after(self._header, self._header_steps, event.changes)
+            self._header_changes.append(event)
+        elif self._header is not None and not isinstance(event, (ev.LRChanged, ev.DropoutChanged)):
+            header, self._header = self._header, None
+            self._print_header(header, getattr(event, "total_steps", self._header_steps))
+            for change in self._header_changes:
+                self(change)
+            self(event)
         elif isinstance(event, ev.StepMetrics) and self.task is not None:
             self.progress.update(self.task, completed=event.step, total=event.total_steps,
                                  description=f"epoch {event.epoch + 1}",
@@ -419,13 +446,39 @@ class ProgressDisplay:
             self.console.print(f"step {event.step}: resumed", highlight=False, soft_wrap=True)
         elif isinstance(event, ev.SettingsChanged):
             text = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in event.changes.items())
-            self.console.print(f"step {event.step}: settings changed by {event.source}: {escape(text)}",
+            # Epochs are counted from 1 in every text, as `control` and the app show them.
+            self.console.print(f"step {event.step} (epoch {event.epoch + 1}): settings changed by {event.source}: "
+                               f"{escape(text)}",
                                highlight=False, soft_wrap=True)
 
+    def _print_header(self, event: Any, total_steps: int) -> None:
+        summary = event.model_summary
+        verb = "Resuming" if event.resumed else "Branching" if event.parent else "Training"
+        self.console.print(
+            f"{verb} [bold]{escape(str(event.config['name']))}[/] on {escape(event.device)}: "
+            f"{escape(summary['name'])} ({summary['total_parameters']:,} parameters), {event.train_size} train / "
+            f"{event.val_size} val / {event.test_size} test images, {total_steps} steps. "
+            f"Run directory: {escape(event.run_dir)}",
+            highlight=False, soft_wrap=True)
+
     def close(self) -> None:
+        if self._header is not None:
+            header, self._header = self._header, None
+            self._print_header(header, self._header_steps)
         if self._started:
             self.progress.stop()
             self._started = False
+
+
+def _steps_after(started: Any, total: int, changes: dict[str, Any]) -> int:
+    """A run's step count once `changes` (key -> [old, new]) apply: more or fewer epochs of the same length,
+    at most train.max_steps."""
+    if "train.epochs" in changes:
+        old, new = changes["train.epochs"]
+        total += (int(new) - int(old)) * started.steps_per_epoch
+    if "train.max_steps" in changes and changes["train.max_steps"][1]:
+        total = min(total, int(changes["train.max_steps"][1]))
+    return max(total, started.step)
 
 
 def _print_summary(console: Console, config: RunConfig, summary: dict[str, Any]) -> None:

@@ -1,7 +1,10 @@
 """The Textual app: runs in tabs, each training in its own background thread.
 
 The app talks to the engine only through events (posted as `RunEvent` messages from
-the training thread, which never waits for the screen) and each run's `RunControl`.
+the training thread, which never waits for the screen) and each run's `RunControl`, all
+from `cifartui.engine.api`. The runs themselves, and all that happens to them (launch,
+placement on GPUs, follow, attach, resume, stop), are `self.registry`'s
+(`cifartui.ui.registry`); the App keeps the screen: tabs, panels, keys, dialogs.
 `make_app` builds it with a trainer factory, so tests can drive the real app with tiny
 runs or a scripted engine.
 """
@@ -9,37 +12,28 @@ runs or a scripted engine.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
-import json
 import os
 import signal
-import subprocess
-import socket
 import sys
 import threading
 import time
-import traceback
-from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from textual import events, work
 from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding
 from textual.screen import Screen
-from textual.timer import Timer
 from textual.widgets import Header, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
-from cifartui.config import RunConfig, replace_path
-from cifartui.engine import events as ev
-from cifartui.engine.control import RunControl
-from cifartui.engine.runs import (RunDirError, default_runs_dir, list_runs, new_run_dir, read_config, read_status,
-                                  well_formed_event)
-from cifartui.ui import background
+from cifartui.config import RunConfig
+from cifartui.engine import api
+from cifartui.engine.api import list_runs
+from cifartui.ui import keys
 from cifartui.ui.messages import RunEvent
+from cifartui.ui.registry import (RESUMABLE, SHUTDOWN_WAIT_S, RunHandle, RunRegistry, TrainerFactory, event_from_json,
+                                  spread_across_gpus)
 from cifartui.ui.screens.chart_view import ChartScreen
 from cifartui.ui.screens.branch import start_branch
 from cifartui.ui.screens.compare import CompareScreen
@@ -55,112 +49,56 @@ from cifartui.ui.widgets.footer import KeyFooter
 from cifartui.ui.widgets.run_panel import RunPanel
 from cifartui.ui.widgets.system import SystemPanel
 
-# How long quitting waits for runs to write their checkpoints before leaving anyway.
-SHUTDOWN_WAIT_S = 8.0
-ACTIVE = ("starting", "running", "paused")
-# A run in one of these states can go on from its last checkpoint (r).
-RESUMABLE = ("stopped", "interrupted", "failed", "viewing")
 STATUS_MARK = {"running": "▶", "paused": "⏸", "finished": "✓", "stopped": "■", "failed": "✗",
                "following": "◉", "viewing": "·", "starting": "…", "interrupted": "↯"}
-# How often a followed run's metrics.jsonl and status.json are read again.
-FOLLOW_EVERY_S = 1.0
-
-TrainerFactory = Callable[..., Any]
-
-
-@dataclass
-class RunHandle:
-    run_id: str
-    run_dir: Path
-    config: RunConfig | None
-    control: RunControl | None  # None for a run this app only views or follows
-    status: str = "starting"
-    done: threading.Event = field(default_factory=threading.Event)
-    tail_offset: int = 0
-    process: subprocess.Popen | None = None  # the process training a run this app started in the background
-
-    @property
-    def active(self) -> bool:
-        return self.control is not None and self.status in ACTIVE and not self.done.is_set()
-
-    @property
-    def name(self) -> str:
-        """What the run's tab says: the recipe, or the directory when its config is unknown."""
-        return self.config.name if self.config is not None else self.run_dir.name
-
-
-def event_from_json(data: Any) -> ev.Event | None:
-    """An event back from a metrics.jsonl line; None for anything unknown or malformed."""
-    if not isinstance(data, dict):  # a line of JSON that is not an object
-        return None
-    kind = ev.EVENT_TYPES.get(str(data.get("event")))
-    if kind is None or not well_formed_event(data):  # a damaged line: fields missing or of the wrong type
-        return None
-    names = {f.name for f in dataclasses.fields(kind)}
-    try:
-        return kind(**{k: v for k, v in data.items() if k in names})
-    except TypeError:
-        return None
 
 
 class CifarTuiApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "cifartui"
-    # The footer shows the keys a new user needs first, in words that fit 80 columns;
-    # every key is in the help (? or F1) and the command palette (ctrl+p).
-    BINDINGS = [
-        Binding("n", "new_run", "New"),
-        Binding("p", "toggle_pause", "Pause"),
-        Binding("s", "stop_run", "Stop"),
-        Binding("c", "checkpoint", "Checkpoint", show=False),
-        # In the footer while the focused run trains; elsewhere the same key says why it cannot.
-        Binding("t", "tune", "Tune"),
-        Binding("t", "tune(True)", "Tune", show=False),
-        Binding("b", "branch", "Branch", show=False),
-        Binding("r", "resume_run", "Resume", show=False),
-        Binding("h", "history", "History"),
-        Binding("v", "compare", "Compare"),
-        Binding("S", "sweeps", "Sweeps"),
-        Binding("i", "inspect", "Inspect"),
-        Binding("z", "chart_view", "Charts"),
-        Binding("w", "close_tab", "Close tab", show=False),
-        Binding("e", "smoothing", "Smoothing", show=False),
-        Binding("l", "log_scale", "Log scale", show=False),
-        Binding("x", "x_axis", "X axis", show=False),
-        Binding("m", "system_graphs", "System graphs", show=False),
-        Binding("right_square_bracket", "next_tab", "Next tab", show=False),
-        Binding("left_square_bracket", "previous_tab", "Previous tab", show=False),
-        *[Binding(str(n), f"show_tab({n})", f"Tab {n}", show=False) for n in range(1, 10)],
-        Binding("question_mark,f1", "help", "Help", key_display="?"),
-        Binding("q,f10", "quit", "Quit", key_display="q"),
-    ]
-
-    # Keys that act on the focused run's tab work where the tabs are; on History,
-    # Compare or Inspect they would act on a run out of sight, and their footers stay short.
-    RUN_SCREEN_ACTIONS = frozenset({
-        "new_run", "toggle_pause", "stop_run", "checkpoint", "resume_run", "history", "inspect", "chart_view",
-        "close_tab", "smoothing", "log_scale", "x_axis", "system_graphs", "next_tab", "previous_tab", "show_tab",
-        "sweeps", "tune", "branch"})
+    BINDINGS = keys.BINDINGS  # the app's keys, and the palette's commands, are in cifartui.ui.keys
+    RUN_SCREEN_ACTIONS = keys.RUN_SCREEN_ACTIONS
 
     def __init__(self, *, runs_dir: Path | None = None, data_dir: Path | None = None,
                  trainer_factory: TrainerFactory | None = None, initial: Iterable[RunConfig] = (),
                  offer_resume: bool = True, image_mode: str = "halfblock", detach: bool = False) -> None:
         super().__init__()
         self.image_mode = image_mode  # "sixel", "kitty" or "halfblock": see cifartui.ui.graphics
-        # New runs train in a process of their own, outliving the app (the default over SSH).
-        self.detach_default = detach
-        self.runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
-        self.data_dir = data_dir
-        self._trainer_factory = trainer_factory
+        # The runs in the tabs and their lifecycle. New runs train in a process of their own
+        # with `detach` (the default over SSH), outliving the app.
+        self.registry = RunRegistry(self, runs_dir=Path(runs_dir) if runs_dir else api.default_runs_dir(),
+                                    data_dir=data_dir, trainer_factory=trainer_factory, detach=detach)
         self.initial = list(initial)
         self.offer_resume = offer_resume
-        self.handles: dict[str, RunHandle] = {}  # in tab order
         self._panels: dict[str, RunPanel] = {}
-        self._follow_timers: dict[str, Timer] = {}
         self._gc_threshold: tuple[int, int, int] | None = None  # Python's, while the app runs its own
         self.comparison: list[Path] = []
-        self._counter = 0
         self._shutting_down = False
+
+    @property
+    def handles(self) -> dict[str, RunHandle]:
+        """The runs in the tabs, by tab id, in tab order (the registry's)."""
+        return self.registry.handles
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.registry.runs_dir
+
+    @property
+    def data_dir(self) -> Path | None:
+        return self.registry.data_dir
+
+    @data_dir.setter
+    def data_dir(self, value: Path | None) -> None:  # the picker's data folder, for the runs launched after
+        self.registry.data_dir = value
+
+    @property
+    def detach_default(self) -> bool:
+        return self.registry.detach_default
+
+    def launch(self, config: RunConfig, **options: Any) -> RunHandle | None:
+        """Start training `config` (see `RunRegistry.launch`)."""
+        return self.registry.launch(config, **options)
 
     # --- layout -------------------------------------------------------------------------------
 
@@ -174,16 +112,6 @@ class CifarTuiApp(App[int]):
     def run_tabs(self) -> TabbedContent:
         """The tabs of runs, which live on the first screen whatever screen is on top."""
         return self.screen_stack[0].query_one("#runs", TabbedContent)
-
-    @property
-    def trainer_factory(self) -> TrainerFactory:
-        if self._trainer_factory is None:
-            from cifartui.engine.trainer import (
-                Trainer,  # PyTorch loads after the first screen is up
-            )
-
-            self._trainer_factory = Trainer
-        return self._trainer_factory
 
     def _schedule_full_collections(self) -> None:
         self._gc_threshold = gc.get_threshold()
@@ -220,8 +148,8 @@ class CifarTuiApp(App[int]):
         self._install_signal_handlers()
         self._layout_for(self.size.width, self.size.height)
         for config in self.initial:
-            self.launch(config)
-        self._attach_background_runs()
+            self.registry.launch(config)
+        self.registry.attach_background_runs()
         self._update_welcome()
         if self.offer_resume:
             self.call_after_refresh(self._offer_resume)
@@ -277,44 +205,12 @@ class CifarTuiApp(App[int]):
         for command in super().get_system_commands(screen):
             if command.title != "Quit":  # Textual's quits at once; ours asks first when runs train
                 yield command
-        yield SystemCommand("New run", "Pick a recipe or compose its parts, then launch (n)", self.action_new_run)
-        yield SystemCommand("Pause or resume run", "Pause the focused run, or resume it (p)", self.action_toggle_pause)
-        yield SystemCommand("Stop run", "Stop the focused run after writing a checkpoint (s)", self.action_stop_run)
-        yield SystemCommand("Checkpoint now", "Write the focused run's checkpoint now (c)", self.action_checkpoint)
-        yield SystemCommand("Change settings", "Learning rate, schedule, dropout, augmentation, length of the "
-                            "focused training run (t)", self.action_tune)
-        yield SystemCommand("Branch from a checkpoint", "Start a new run from one of the focused run's checkpoints, "
-                            "with changes (b)", self.action_branch)
-        yield SystemCommand("Resume stopped run", "Continue the focused stopped or interrupted run (r)",
-                            self.action_resume_run)
-        yield SystemCommand("Next tab", "Show the next run's tab (])", self.action_next_tab)
-        yield SystemCommand("Previous tab", "Show the previous run's tab ([)", self.action_previous_tab)
-        yield SystemCommand("History", "Browse, open, follow, resume and compare runs (h)", self.action_history)
-        yield SystemCommand("Compare runs", "One metric across runs, ranked (v)", self.action_compare)
-        yield SystemCommand("Sweeps", "Start a sweep, follow its queue and ranking, open its runs (S)",
-                            self.action_sweeps)
-        yield SystemCommand("Inspect run", "Confusion matrix, accuracy per class, mistakes, model (i)",
-                            self.action_inspect)
-        yield SystemCommand("Full-screen charts", "The focused run's charts with a cursor and values (z)",
-                            self.action_chart_view)
-        yield SystemCommand("Smoothing", "Step the moving average of the training curves (e)", self.action_smoothing)
-        yield SystemCommand("Log scale", "Loss and learning rate on a log scale, or back (l)", self.action_log_scale)
-        yield SystemCommand("X axis", "Steps, epochs or wall time along the charts (x)", self.action_x_axis)
-        yield SystemCommand("System graphs", "GPU and process figures over time, or one line (m)",
-                            self.action_system_graphs)
-        yield SystemCommand("Close tab", "Close the focused tab of a run that is not training (w)",
-                            self.action_close_tab)
-        yield SystemCommand("Help", "Keys and what they do (? or F1)", self.action_help)
-        yield SystemCommand("Quit", "Leave the app; asks first when runs train, and each writes a checkpoint (q)",
-                            self.action_quit)
+        yield from keys.app_commands(self)
 
     # --- runs ---------------------------------------------------------------------------------
 
-    def _new_id(self) -> str:
-        self._counter += 1
-        return f"run-{self._counter}"
-
-    def _add_panel(self, handle: RunHandle) -> RunPanel:
+    def add_run_tab(self, handle: RunHandle) -> RunPanel:
+        """A new tab, in front, with the panel that shows `handle`'s run."""
         panel = RunPanel(handle.run_id, handle.run_dir.name, id=f"panel-{handle.run_id}")
         self._panels[handle.run_id] = panel  # events may come before the tab is mounted
         tabs = self.run_tabs
@@ -329,6 +225,10 @@ class CifarTuiApp(App[int]):
         if run_id in self.handles:
             self.run_tabs.active = run_id
 
+    def show_run(self, run_id: str) -> None:
+        """Bring the run's tab to the front."""
+        self.run_tabs.active = run_id
+
     def _tab_label(self, handle: RunHandle) -> str:
         position = list(self.handles).index(handle.run_id) + 1 if handle.run_id in self.handles else 0
         number = f"{position} " if 0 < position < 10 else ""
@@ -340,108 +240,6 @@ class CifarTuiApp(App[int]):
                 self.run_tabs.get_tab(handle.run_id).label = self._tab_label(handle)
             except Exception:  # not mounted yet
                 pass
-
-    def _tab_showing(self, run_dir: Path) -> RunHandle | None:
-        for handle in self.handles.values():
-            if handle.run_dir == run_dir:
-                return handle
-        return None
-
-    def launch(self, config: RunConfig, *, run_dir: Path | None = None, resume: bool = False,
-               detach: bool | None = None, branch: Any = None) -> RunHandle | None:
-        """Start training `config` in a background thread: in a new tab, or a resumed run in its own.
-
-        With `detach` (the app's default when None) the run trains in a process of its own
-        instead, which quitting the app or losing the terminal leaves training. A branch
-        trains in the app's process: `cifartui branch` starts one in a process of its own.
-        """
-        busy = [h.config.train.device for h in self.handles.values() if h.active and h.config is not None]
-        config = spread_across_gpus(config, busy, gpu_count())
-        if branch is None and (self.detach_default if detach is None else detach):
-            return self._launch_detached(config, run_dir=run_dir, resume=resume)
-        try:
-            run_dir = run_dir or new_run_dir(self.runs_dir, config.name)
-        except RunDirError as error:  # a runs folder that cannot be written: say so, keep the app
-            self.notify(str(error), title="The run cannot start", severity="error", timeout=15)
-            return None
-        handle = self._tab_showing(run_dir) if resume else None
-        if handle is not None and not handle.active:
-            # The run's tab goes on: its charts, table and log keep their history.
-            self._stop_following(handle.run_id)
-            if handle.control is None:
-                self._tail(handle.run_id)  # a viewed or followed run: what was written since the last read
-            handle.config, handle.control = config, RunControl()
-            handle.done = threading.Event()
-            panel = self.panel(handle.run_id)
-            assert panel is not None
-            self.run_tabs.active = handle.run_id
-        else:
-            handle = RunHandle(self._new_id(), run_dir, config, RunControl())
-            self.handles[handle.run_id] = handle
-            panel = self._add_panel(handle)
-            if resume:
-                self._replay(handle)  # the run so far, from metrics.jsonl, before the trainer appends
-        panel.process_note = ""
-        panel.status = "starting"
-        panel.watch_process(os.getpid())
-        self._set_status(handle, "starting")
-        run_id = handle.run_id
-
-        def listener(event: ev.Event) -> None:
-            self.post_message(RunEvent(run_id, event))  # thread-safe; returns at once
-
-        trainer = self.trainer_factory(config, run_dir, data_dir=self.data_dir, listeners=[listener],
-                                       control=handle.control, resume=resume,
-                                       **({"branch": branch} if branch is not None else {}))
-        self.run_worker(partial(self._train, handle, trainer), thread=True, group="runs", name=run_id,
-                        description=f"training {run_dir.name}", exit_on_error=False)
-        return handle
-
-    def _launch_detached(self, config: RunConfig, *, run_dir: Path | None, resume: bool) -> RunHandle | None:
-        try:
-            run_dir = run_dir or new_run_dir(self.runs_dir, config.name)
-            child = background.start(None if resume else config, run_dir, data_dir=self.data_dir, resume=resume)
-        except (RunDirError, OSError) as error:
-            self.notify(str(error), title="The run cannot start", severity="error", timeout=15)
-            return None
-        handle = self._tab_showing(run_dir)
-        if handle is None:
-            handle = self._open_tab(run_dir, follow=True, config=config)
-        else:
-            self._stop_following(handle.run_id)
-            self._tail(handle.run_id)
-            handle.control, handle.config = None, config
-            self.run_tabs.active = handle.run_id
-            self._follow(handle)
-        handle.process = child
-        panel = self.panel(handle.run_id)
-        if panel is not None:
-            panel.watch_process(child.pid)
-            panel.process_note = f"◉ pid {child.pid}, in the background"
-        self.notify(f"{run_dir.name} trains in the background (pid {child.pid}); quitting the app leaves it "
-                    "training, and the next cifartui opens it again.", timeout=8)
-        return handle
-
-    @staticmethod
-    def _train(handle: RunHandle, trainer: Any) -> Any:
-        # The training thread keeps the screen's CPU priority. A nicer one (it was +10)
-        # starved whenever anything else wanted the CPU: benchmarks/thread_priority.py
-        # measured 6-10 images/s against 44-73 at equal priority on a loaded 2-core
-        # machine, and the screen answered no sooner, since a starved thread that holds
-        # the interpreter lock makes the screen wait for it. On a GPU this thread launches
-        # the kernels; the switch interval (SWITCH_INTERVAL_S) is what gives the screen
-        # its turn.
-        try:
-            return trainer.run()
-        except BaseException:
-            try:
-                with (handle.run_dir / "error.log").open("a", encoding="utf-8") as log:
-                    traceback.print_exc(file=log)
-            except OSError:
-                pass
-            raise
-        finally:
-            handle.done.set()
 
     def panel(self, run_id: str) -> RunPanel | None:
         # Looked up for every event a run sends. Panels are remembered from their creation:
@@ -461,21 +259,19 @@ class CifarTuiApp(App[int]):
         event = message.event
         panel.apply(event)
         name = handle.run_dir.name
-        if isinstance(event, (ev.LossNotFinite, ev.MemoryExhausted)):
+        if isinstance(event, (api.LossNotFinite, api.MemoryExhausted)):
             self.bell()
             self.notify(event.message, title=f"{name}: paused", severity="error", timeout=15)
-        elif isinstance(event, ev.CheckpointFailed):
+        elif isinstance(event, api.CheckpointFailed):
             self.notify(event.error, title=f"{name}: checkpoint failed", severity="error", timeout=15)
-        elif isinstance(event, ev.RunFailed):
+        elif isinstance(event, api.RunFailed):
             self.notify(f"{event.error_type}: {event.error}", title=f"{name} failed", severity="error", timeout=15)
-        elif isinstance(event, ev.RunFinished):
+        elif isinstance(event, api.RunFinished):
             self.notify(f"test top-1 {event.test_top1:.2f}%", title=f"{name} finished")
-        self._set_status(handle, panel.status)
+        self.registry.set_status(handle, panel.status)
 
-    def _set_status(self, handle: RunHandle, status: str) -> None:
-        if handle.status == status:
-            return
-        handle.status = status
+    def relabel_tab(self, handle: RunHandle) -> None:
+        """The tab says the run's state again (the registry calls it when the state changes)."""
         try:
             tab = self.run_tabs.get_tab(handle.run_id)
         except Exception:  # the tab was closed, or is not mounted yet
@@ -492,7 +288,7 @@ class CifarTuiApp(App[int]):
             return
         error = worker.error
         panel.fail(type(error).__name__, str(error))
-        self._set_status(handle, "failed")
+        self.registry.set_status(handle, "failed")
 
     def focused_handle(self) -> RunHandle | None:
         active = self.run_tabs.active
@@ -509,7 +305,7 @@ class CifarTuiApp(App[int]):
 
         def launch(config: RunConfig | None) -> None:
             if config is not None:
-                self.launch(config, detach=picker.detach)
+                self.registry.launch(config, detach=picker.detach)
         self.push_screen(picker, launch)
 
     def _no_active_run(self, handle: RunHandle | None) -> bool:
@@ -525,9 +321,9 @@ class CifarTuiApp(App[int]):
 
     def action_toggle_pause(self) -> None:
         handle = self.focused_handle()
-        if self._remote_live(handle):
+        if self.registry.remote_live(handle):
             panel = self.panel(handle.run_id)
-            self._remote(handle, "resume" if panel is not None and panel.status == "paused" else "pause")
+            self.registry.remote(handle, "resume" if panel is not None and panel.status == "paused" else "pause")
             return
         if self._no_active_run(handle):
             return
@@ -538,13 +334,13 @@ class CifarTuiApp(App[int]):
 
     def action_stop_run(self) -> None:
         handle = self.focused_handle()
-        remote = self._remote_live(handle)
+        remote = self.registry.remote_live(handle)
         if not remote and self._no_active_run(handle):
             return
 
         def answer(yes: bool | None) -> None:
             if yes and remote:
-                self._remote(handle, "stop")
+                self.registry.remote(handle, "stop")
             elif yes:
                 handle.control.stop("stopped from the app")
         self.push_screen(ConfirmScreen(f"Stop {handle.run_dir.name}?\nIt writes a checkpoint first; "
@@ -552,8 +348,8 @@ class CifarTuiApp(App[int]):
 
     def action_checkpoint(self) -> None:
         handle = self.focused_handle()
-        if self._remote_live(handle):
-            self._remote(handle, "checkpoint")
+        if self.registry.remote_live(handle):
+            self.registry.remote(handle, "checkpoint")
             return
         if self._no_active_run(handle):
             return
@@ -578,7 +374,7 @@ class CifarTuiApp(App[int]):
         elif handle.active:
             self.notify(f"{handle.run_dir.name} is training already.", severity="warning")
         else:
-            self.resume_run(handle.run_dir)
+            self.registry.resume_run(handle.run_dir)
 
     def action_close_tab(self) -> None:
         handle = self.focused_handle()
@@ -587,9 +383,8 @@ class CifarTuiApp(App[int]):
         if handle.active:
             self.notify("Stop the run first (s); its tab stays while it trains.", severity="warning")
             return
-        self._stop_following(handle.run_id)
+        self.registry.close(handle)
         self.run_tabs.remove_pane(handle.run_id)
-        del self.handles[handle.run_id]
         self._panels.pop(handle.run_id, None)
         self.call_after_refresh(self._relabel_tabs)
         self.call_after_refresh(self._update_welcome)
@@ -697,208 +492,21 @@ class CifarTuiApp(App[int]):
             self.comparison.append(path)
             self.notify(f"{path.name} added to the comparison ({plural(len(self.comparison), 'run')}).")
 
-    def open_run_view(self, path: Path, *, follow: bool) -> None:
-        """Show a run from its metrics.jsonl; with follow, keep reading what another process appends."""
-        handle = self._tab_showing(path)
-        if handle is not None:
-            self.run_tabs.active = handle.run_id
-            self.pop_screen()
-            if follow and not handle.active and handle.run_id not in self._follow_timers:
-                self._follow(handle)
-            return
-        try:
-            config = read_config(path)
-        except RunDirError as error:
-            self.notify(str(error), severity="error")
-            return
-        self.pop_screen()
-        self._open_tab(path, follow=follow, config=config)
-
-    def _open_tab(self, path: Path, *, follow: bool, config: RunConfig | None) -> RunHandle:
-        """A new tab showing a run from its metrics.jsonl, following it when it trains elsewhere."""
-        handle = RunHandle(self._new_id(), path, config, None, status="following" if follow else "viewing")
-        self.handles[handle.run_id] = handle
-        panel = self._add_panel(handle)
-        panel.watch_process(None)
-        self._tail(handle.run_id)
-        if follow:
-            self._follow(handle)
-        else:
-            self._settle_view(handle)
-        return handle
-
-    def _attach_background_runs(self) -> None:
-        """Runs started in the background by an earlier app that still train: each in a tab, followed."""
-        for path in background.live_detached_runs(self.runs_dir):
-            if self._tab_showing(path) is None:
-                try:
-                    config = read_config(path)
-                except RunDirError:
-                    continue
-                self._open_tab(path, follow=True, config=config)
-
-    def _remote_live(self, handle: RunHandle | None) -> bool:
-        """A run another process trains (one this app started in the background, or one it follows)."""
-        return handle is not None and handle.control is None and handle.run_id in self._follow_timers
-
-    @work(thread=True, group="control", exit_on_error=False)
-    def _remote(self, handle: RunHandle, command: str) -> None:
-        """Ask the process that trains a followed run, through its control channel (off the screen's thread)."""
-        from cifartui.engine.channel import ControlError, send
-
-        try:
-            answer = send(handle.run_dir, command)
-        except ControlError as error:
-            self.call_from_thread(self.notify, str(error), title=handle.run_dir.name, severity="error", timeout=10)
-            return
-        self.call_from_thread(self.notify, background.describe_answer(command, answer), title=handle.run_dir.name)
-
-    def _follow(self, handle: RunHandle) -> None:
-        panel = self.panel(handle.run_id)
-        if panel is not None:
-            self._follow_timers[handle.run_id] = self.set_interval(FOLLOW_EVERY_S, partial(self._tail, handle.run_id))
-            self._check_followed(handle)
-
-    def _stop_following(self, run_id: str) -> None:
-        timer = self._follow_timers.pop(run_id, None)
-        if timer is not None:
-            timer.stop()
-
-    def _replay(self, handle: RunHandle) -> None:
-        """Everything metrics.jsonl holds now, into the run's panel."""
-        handle.tail_offset = 0
-        self._tail(handle.run_id)
-
-    def _tail(self, run_id: str) -> None:
-        """Apply the whole lines appended to the run's metrics.jsonl since the last read."""
-        handle = self.handles.get(run_id)
-        panel = self.panel(run_id)
-        if handle is None or panel is None:
-            return
-        path = handle.run_dir / "metrics.jsonl"
-        try:
-            with path.open("rb") as stream:
-                stream.seek(handle.tail_offset)
-                chunk = stream.read()
-        except OSError:
-            chunk = b""
-        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next read
-        handle.tail_offset += len(complete)
-        for line in complete.decode("utf-8", errors="replace").splitlines():
-            try:
-                event = event_from_json(json.loads(line))
-            except (ValueError, RecursionError):  # a damaged line; RecursionError: nested too deeply
-                continue
-            if event is not None:
-                panel.apply(event)
-        if run_id in self._follow_timers:
-            self._check_followed(handle)
-
-    def _check_followed(self, handle: RunHandle) -> None:
-        """Say what the process that trains a followed run is doing, or that it is gone."""
-        panel = self.panel(handle.run_id)
-        if panel is None:
-            return
-        status = read_status(handle.run_dir)
-        state = str(status.get("status", "unknown"))
-        pid = status.get("pid") if isinstance(status.get("pid"), int) else None
-        here = status.get("host") == socket.gethostname()
-        if handle.process is not None and handle.process.poll() is not None and state in ("unknown", "starting"):
-            # The background process ended before its run began (a bad setting, missing data).
-            self._stop_following(handle.run_id)
-            panel.fail("RunFailed", background.last_output(handle.run_dir) or
-                       f"the process exited with code {handle.process.returncode}")
-            self._set_status(handle, "failed")
-            return
-        if state in ("unknown", "starting"):
-            # No status.json yet, or "starting" (its process holds the lock and is still loading its
-            # data or building its model): the run is on its way. Keep reading.
-            panel.process_note = "◉ waiting for the run's status" if state == "unknown" else f"◉ pid {pid}, starting"
-            self._set_status(handle, "following")
-            return
-        if state in ("running", "paused"):
-            panel.watch_process(pid if here else None)
-            panel.process_note = f"◉ pid {pid}" if here else f"◉ pid {pid} on {status.get('host')}"
-            panel.status = "following" if state == "running" else "paused"
-            self._set_status(handle, "following")
-            return
-        self._stop_following(handle.run_id)
-        panel.watch_process(None)
-        panel.process_note = ""
-        if state == "interrupted":
-            step = status.get("step")
-            at = f" (its last report: step {step:,})" if isinstance(step, int) else ""
-            updated = status.get("updated")
-            panel.interrupted(f"The process that trained this run (pid {pid}) is gone{at}. Press r to resume it "
-                              "from its last checkpoint.", updated if isinstance(updated, (int, float)) else None)
-            self._set_status(handle, "interrupted")
-        else:
-            self._settle_view(handle, state)
-
-    def _settle_view(self, handle: RunHandle, state: str | None = None) -> None:
-        """A run nobody trains: its tab shows how it ended (or viewing, when the file says nothing)."""
-        panel = self.panel(handle.run_id)
-        if panel is None:
-            return
-        state = state or str(read_status(handle.run_dir).get("status", "unknown"))
-        if state == "interrupted":
-            self._check_followed(handle)
-            return
-        if panel.status in ("starting", "running", "following") or state not in ("finished", "stopped", "failed"):
-            panel.status = state if state in ("finished", "stopped", "failed") else "viewing"
-        self._set_status(handle, panel.status)
-
-    def resume_run(self, path: Path) -> None:
-        if any(h.run_dir == path and h.active for h in self.handles.values()):
-            self.notify(f"{path.name} is already training here.", severity="warning")
-            return
-        from cifartui.engine.checkpoint import CheckpointError
-        from cifartui.engine.trainer import ResumeRefused, check_resumable
-
-        try:
-            config = check_resumable(path)
-        except ResumeRefused as refusal:
-            self.notify(str(refusal), severity="warning", timeout=10)
-            return
-        except (RunDirError, CheckpointError) as error:
-            self.notify(str(error), severity="error", timeout=10)
-            return
-        if isinstance(self.screen, HistoryScreen):
-            self.pop_screen()
-        self.launch(config, run_dir=path, resume=True)
-
-    def interrupted_runs(self) -> list[Path]:
-        infos, _ = list_runs(self.runs_dir)
-        found = []
-        for info in infos:
-            if info.status == "broken":
-                continue
-            status = read_status(info.path)
-            reason = str(status.get("reason", ""))
-            if status.get("status") == "interrupted" or (
-                    status.get("status") == "stopped" and reason.startswith("interrupted by")):
-                if (info.path / "checkpoints" / "last.pt").exists():
-                    found.append(info.path)
-        return found
-
     def _offer_resume(self) -> None:
-        runs = [p for p in self.interrupted_runs() if not any(h.run_dir == p for h in self.handles.values())]
+        runs = [p for p in self.registry.interrupted_runs() if self.registry.showing(p) is None]
         if not runs:
             return
 
         def answer(yes: bool | None) -> None:
             if yes:
                 for path in runs:
-                    self.resume_run(path)
+                    self.registry.resume_run(path)
         self.push_screen(ResumeOfferScreen([p.name for p in runs]), answer)
 
     # --- leaving ------------------------------------------------------------------------------
 
-    def active_handles(self) -> list[RunHandle]:
-        return [h for h in self.handles.values() if h.active]
-
     async def action_quit(self) -> None:
-        active = self.active_handles()
+        active = self.registry.active_handles()
         if not active:
             self.exit(0)
             return
@@ -914,21 +522,12 @@ class CifarTuiApp(App[int]):
 
     @work(thread=True, group="shutdown", exit_on_error=False)
     def _stop_all_then_exit(self, reason: str) -> None:
-        self._stop_and_wait(reason)
+        self.registry.stop_and_wait(reason)
         self.call_from_thread(self.exit, 0)
-
-    def _stop_and_wait(self, reason: str) -> None:
-        active = self.active_handles()
-        for handle in active:
-            handle.control.stop(reason)
-        deadline = time.monotonic() + SHUTDOWN_WAIT_S
-        for handle in active:
-            handle.done.wait(max(0.0, deadline - time.monotonic()))
 
     def on_unmount(self) -> None:
         """However the app ends, no paused or running training thread is left waiting."""
-        for handle in self.active_handles():
-            handle.control.stop("app closed")
+        self.registry.stop_all("app closed")
         if self._gc_threshold is not None:
             gc.set_threshold(*self._gc_threshold)  # Python's own full collections again
 
@@ -951,7 +550,7 @@ class CifarTuiApp(App[int]):
         if self._shutting_down:
             return
         self._shutting_down = True
-        self._stop_and_wait(f"interrupted by {name}")
+        self.registry.stop_and_wait(f"interrupted by {name}")
         code = SIGNAL_EXIT_CODES.get(name, 1)  # 143 for SIGTERM, 129 for SIGHUP, as headless
         threading.Thread(target=_exit_soon, args=(5.0, code), daemon=True, name="cifartui-exit-watchdog").start()
         self.exit(code, return_code=code)
@@ -976,23 +575,10 @@ FULL_COLLECTION_EVERY_S = 60.0
 FULL_COLLECTION_AT_LATEST_S = 300.0
 IDLE_BEFORE_COLLECTION_S = 2.0
 AUTOMATIC_FULL_COLLECTIONS_OFF = 2**30
-def gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def spread_across_gpus(config: RunConfig, busy_devices: list[str], gpus: int) -> RunConfig:
-    """A run left on `auto` goes to the GPU with the fewest active runs when there are several."""
-    if config.train.device != "auto" or gpus < 2:
-        return config
-    from cifartui.engine.devices import least_busy_gpu  # the engine decides devices, in one place
-
-    return replace_path(config, "train.device", f"cuda:{least_busy_gpu(busy_devices, gpus)}", "device")
 
 
 def _import_engine() -> None:
-    import cifartui.engine.trainer  # noqa: F401
+    api.load_training()
 
     # Everything imported so far lives as long as the process. Moved out of the cyclic
     # collector's reach, it no longer lengthens each full collection (100-200 ms more,
@@ -1008,4 +594,4 @@ def make_app(*, runs_dir: Path | None = None, data_dir: Path | None = None,
                        offer_resume=offer_resume, image_mode=image_mode, detach=detach)
 
 
-__all__ = ["CifarTuiApp", "make_app", "event_from_json"]
+__all__ = ["CifarTuiApp", "make_app", "event_from_json", "spread_across_gpus", "STATUS_MARK"]

@@ -6,7 +6,9 @@ processes) stops it. The app follows it like any run another process trains (its
 metrics.jsonl and status.json) and acts on it through the run's control channel
 (pause, resume, checkpoint, stop, settings). `detached.json` in the run directory
 marks it, so that the next `cifartui` opens it again in a tab while it trains.
-This module does not import PyTorch or Textual.
+A sweep the app starts (or resumes) is driven the same way, by a `cifartui sweep
+--resume` process of its own (`start_driver`). This module does not import PyTorch or
+Textual.
 """
 
 from __future__ import annotations
@@ -15,17 +17,33 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from cifartui.config import RunConfig
-from cifartui.engine.queue import toml_document
-from cifartui.engine.runs import is_locked, write_text_atomic
+from cifartui.engine.api import drive_in_background, is_locked, toml_document, write_text_atomic
 
 MARKER = "detached.json"
 LAUNCH_FILE = "launch.toml"
 OUTPUT_FILE = "output.log"
+
+# The sweep processes this app started, by sweep directory. They run in sessions of their
+# own and outlive the app; a thread per process reaps it when it ends.
+_drivers: dict[Path, Any] = {}
+
+
+def start_driver(directory: Path) -> Any:
+    """Drive a sweep with a `cifartui sweep --resume` process of its own; it outlives the app."""
+    process = drive_in_background(directory)
+    _drivers[Path(directory)] = process
+    threading.Thread(target=process.wait, name=f"cifartui-reap-{process.pid}", daemon=True).start()
+    return process
+
+
+def driver_started_here(directory: Path) -> Any | None:
+    return _drivers.get(Path(directory))
 
 
 def over_ssh(environment: dict[str, str] | None = None) -> bool:
@@ -54,12 +72,28 @@ def start(config: RunConfig | None, run_dir: Path, *, data_dir: Path | None, res
         command += ["--data-dir", str(data_dir)]
     if device is not None:
         command += ["--device", device]
+    return _spawn(command, run_dir)
+
+
+def _spawn(command: list[str], run_dir: Path) -> subprocess.Popen:
     with (run_dir / OUTPUT_FILE).open("ab") as output:
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                                  start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     write_text_atomic(run_dir / MARKER, json.dumps({"pid": child.pid, "started": time.time(),
                                                     "command": command[3:]}) + "\n")
     return child
+
+
+def start_branch(parent: Path, checkpoint: Path, changes: dict[str, Any], run_dir: Path, *,
+                 data_dir: Path | None) -> subprocess.Popen:
+    """Start `cifartui branch` into `run_dir` in a process of its own, as `start` does a run."""
+    command = [sys.executable, "-m", "cifartui.cli", "branch", str(parent), "--checkpoint", Path(checkpoint).stem,
+               "--run-dir", str(run_dir)]
+    for key, value in changes.items():
+        command += ["--set", f"{key}={json.dumps(value)}"]  # JSON's numbers, strings and lists read as TOML
+    if data_dir is not None:
+        command += ["--data-dir", str(data_dir)]
+    return _spawn(command, Path(run_dir))
 
 
 def live_detached_runs(runs_dir: Path) -> list[Path]:
@@ -102,4 +136,5 @@ def describe_answer(command: str, answer: dict[str, Any]) -> str:
     return f"done{at}"
 
 
-__all__ = ["over_ssh", "start", "live_detached_runs", "last_output", "describe_answer", "MARKER"]
+__all__ = ["over_ssh", "start", "live_detached_runs", "last_output", "describe_answer", "start_driver", "driver_started_here",
+           "MARKER"]

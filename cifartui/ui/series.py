@@ -72,3 +72,58 @@ class BoundedSeries:
     def last(self, count: int) -> tuple[float, ...]:
         ys = self.ys
         return tuple(ys[-count:])
+
+
+class TrainingClock:
+    """Seconds of training at each reported step, with paused and stopped time left out.
+
+    The time axis of a run's charts reads from this: a run paused overnight, or stopped
+    and resumed the next day (a `kill -9` too), shows no flat stretch for the gap, as
+    TensorBoard's and W&B's relative-time axes would. A gap is counted from the pause,
+    the stop, or the last event before a resume, to the resume.
+    """
+
+    def __init__(self, limit: int = 2000) -> None:
+        self.points = BoundedSeries(limit)  # (step, seconds of training)
+        self.origin: float | None = None  # wall time of the first start: zero on the axis
+        self.paused_since: float | None = None
+        self.paused_total = 0.0
+        self.last_time: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def started(self, time: float, *, resumed: bool) -> None:
+        if self.origin is None:
+            self.origin = time
+        elif resumed:
+            self.resumed(time, since=self.last_time)  # after a stop or a kill: the gap is not training
+        self.last_time = time
+
+    def paused(self, time: float) -> None:
+        if self.paused_since is None:
+            self.paused_since = time
+        self.last_time = time
+
+    def resumed(self, time: float, since: float | None = None) -> None:
+        start = self.paused_since if self.paused_since is not None else since
+        if start is not None and time > start:
+            self.paused_total += time - start
+        self.paused_since = None
+        self.last_time = time
+
+    def at(self, step: float, time: float) -> None:
+        """A step reported at wall time `time`, while training."""
+        if self.origin is None:
+            self.origin = time
+        self.points.append(step, time - self.origin - self.paused_total)
+        self.last_time = time
+
+    def truncate_after(self, step: float) -> None:
+        self.points.truncate_after(step)
+
+    def seconds_at(self, steps):  # noqa: ANN001, ANN201 - numpy arrays in and out
+        """Training seconds at each of `steps` (numpy), interpolated between reported steps."""
+        import numpy as np
+
+        return np.interp(steps, np.asarray(self.points.xs), np.asarray(self.points.ys))

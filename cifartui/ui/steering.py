@@ -2,7 +2,7 @@
 
 A run this app trains is asked through its `RunControl` (the trainer answers at the
 next step boundary, also while paused); a run another process trains, through its
-control channel (`engine/channel.py`). Both block until the run answers, so they are
+control channel (`engine/runs/channel.py`). Both block until the run answers, so they are
 called from worker threads only: the screen never waits for a run.
 """
 
@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from cifartui.config import ConfigError, RunConfig, from_mapping
-from cifartui.engine.control import RunControl
-from cifartui.engine.settings import DROPOUT_PREFIX, NEXT_STEP
+from cifartui.engine.api import DROPOUT_PREFIX, NEXT_STEP, RunControl
 
 # How long opening the form waits for a run's settings (a run still loading its data
 # answers only once it trains).
@@ -57,7 +56,7 @@ def ask(run_dir: Path, control: RunControl | None, command: str, args: Mapping[s
         except FutureTimeout:
             raise RunUnreachable(f"no answer from {Path(run_dir).name} within {timeout:g} s; it may still be "
                                  "loading its data or evaluating. Try again in a moment.") from None
-    from cifartui.engine.channel import ControlError, send
+    from cifartui.engine.api import ControlError, send
 
     try:
         return send(run_dir, command, dict(args or {}), timeout=timeout or STATUS_TIMEOUT_S)
@@ -90,9 +89,7 @@ def checkpoint_state(path: Path) -> FormState:
     Loads the checkpoint and builds the model on the CPU (for its dropout groups): a
     worker thread's job.
     """
-    from cifartui.engine.checkpoint import load_checkpoint
-    from cifartui.engine.models import build_model, dropout_groups
-    from cifartui.engine.settings import LiveSettings
+    from cifartui.engine.api import LiveSettings, build_model, dropout_groups, load_checkpoint
 
     state = load_checkpoint(path)
     try:

@@ -47,8 +47,7 @@ class AugmentPreviewScreen(ModalScreen[None]):
         import torch
 
         from cifartui.config import DatasetConfig
-        from cifartui.engine.augment import Augmenter
-        from cifartui.engine.data import DataError, load_dataset
+        from cifartui.engine.api import Augmenter, DataError, load_dataset
 
         dataset_config, note = self.config.dataset, ""
         try:

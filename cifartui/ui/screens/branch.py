@@ -22,7 +22,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, OptionList, Static
 from textual.widgets.option_list import Option
 
-from cifartui.engine.runs import RunDirError, new_run_dir, read_config, read_metrics
+from cifartui.engine.api import RunDirError, new_run_dir, read_config, read_metrics
 from cifartui.ui.screens.settings_form import SettingsForm
 from cifartui.ui.steering import CheckpointInfo, checkpoint_state, checkpoints_of
 
@@ -113,18 +113,18 @@ def _start(app: Any, parent: Path, checkpoint: Path, changes: dict[str, Any] | N
 
 def launch_branch(app: Any, parent: Path, checkpoint: Path, changes: dict[str, Any]) -> Any:
     """A new tab training the branch; its settings are the checkpoint's, plus `changes`."""
-    from cifartui.engine.trainer import Branch
+    from cifartui.engine.api import Branch
 
     try:
         config = read_config(parent)  # the trainer takes the checkpoint's own settings over these
-        run_dir = new_run_dir(app.runs_dir, f"{config.name}-branch")
+        run_dir = new_run_dir(app.registry.runs_dir, f"{config.name}-branch")
     except RunDirError as error:
         app.notify(str(error), title="The branch cannot start", severity="error", timeout=15)
         return None
     while len(app.screen_stack) > 1:  # back to the tabs, where the branch trains
         app.pop_screen()
-    handle = app.launch(config, run_dir=run_dir, branch=Branch(parent=parent, checkpoint=checkpoint,
-                                                               changes=dict(changes)))
+    branch = Branch(parent=parent, checkpoint=checkpoint, changes=dict(changes))
+    handle = app.registry.launch(config, run_dir=run_dir, branch=branch)
     if handle is not None and handle.config is not None:
         # The tab's label is the recipe's name, the parent's too: the mark tells them apart.
         handle.config = dataclasses.replace(handle.config, name=f"{BRANCH_MARK} {handle.config.name}")

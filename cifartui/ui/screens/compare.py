@@ -10,12 +10,17 @@ cursor, and only files that grew are read again.
 A run's settings are its effective ones (its configuration plus the changes made while
 it trained). A branch is labelled as one, with the step it left its parent at; with a
 branch in the comparison the x axis counts steps (`x` switches to epochs and back), so
-the branch's line leaves its parent's where it left the run.
+the branch's line leaves its parent's where it left the run; `x` also offers the time
+spent training (each epoch's training seconds added up, so pauses are left out).
+
+Runs that differ only by their seed (a sweep's seed groups) can be drawn as one line, the
+mean over the seeds, inside a faint band of one standard deviation either side (`G`).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,8 +33,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Header, Input, Select, Static
 
 from cifartui.config import flatten
-from cifartui.engine.runs import RunDirError, read_config, read_metrics
-from cifartui.engine.settings import effective_config
+from cifartui.engine.api import RunDirError, effective_config, read_config, read_metrics
 from cifartui.ui.text import plural
 from cifartui.ui.widgets.charts import PALETTE, MetricChart
 from cifartui.ui.widgets.footer import KeyFooter
@@ -74,6 +78,25 @@ def run_label(flat: dict[str, Any], differing: list[str], fallback: str) -> str:
     """What tells this run apart: the values of the most important differing settings."""
     parts = [_setting_text(key, flat.get(key)) for key in differing[:LABEL_SETTINGS]]
     return " · ".join(parts) if parts else fallback
+
+
+X_AXIS_NAMES = {"step": "steps", "epoch": "epochs", "time": "time spent training"}
+
+
+def training_seconds(epochs: list[dict]) -> dict[int, float]:
+    """Seconds of training at the end of each epoch: the epochs' own training times added up.
+
+    An epoch trained again after a resume counts once, as last reported.
+    """
+    latest: dict[int, float] = {}
+    for event in epochs:
+        if isinstance(event.get("epoch"), int):
+            latest[event["epoch"]] = float(event.get("seconds") or 0.0)
+    total, found = 0.0, {}
+    for epoch in sorted(latest):
+        total += latest[epoch]
+        found[epoch] = total
+    return found
 
 
 def _duration(seconds: float | None) -> str:
@@ -157,6 +180,7 @@ class CompareScreen(Screen[None]):
         Binding("x", "x_axis", "X axis", show=False),
         Binding("g", "reload", "Reload", show=False),
         Binding("c", "colour_by", "Colour by"),
+        Binding("G", "group_seeds", "Mean of seeds"),
     ]
 
     def __init__(self, run_dirs: list[Path], *, colour_keys: Sequence[str] = ()) -> None:
@@ -173,6 +197,7 @@ class CompareScreen(Screen[None]):
         self.rows: list[RunSummary] = []
         self._columns: tuple[str, ...] = ()
         self.x_axis: str | None = None  # None: steps when a branch is compared, else epochs
+        self.group_seeds = False  # runs that differ only by seed drawn as their mean +- std
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -242,11 +267,14 @@ class CompareScreen(Screen[None]):
         chart = self.query_one("#compare-chart", MetricChart)
         chart.series.clear()
         chart.styles_by_name.clear()
+        chart.bands.clear()
         axis = self.axis(summaries)
         chart.configure(x_axis=axis)
         by_path = {_key(s.path): s for s in summaries}
+        grouped = self._draw_seed_groups(chart, [s for s in shown if s.path not in self.hidden], differing,
+                                         axis, colours) if self.group_seeds else set()
         for summary in shown:
-            if summary.path in self.hidden:
+            if summary.path in self.hidden or summary.path in grouped:
                 continue
             points = self._points(summary, axis)
             parent = by_path.get(_key(summary.parent)) if summary.parent is not None else None
@@ -271,6 +299,9 @@ class CompareScreen(Screen[None]):
         else:
             note = Text(f"{plural(len(shown), 'run')}, labelled by what differs; ranked by best validation top-1"
                         + (f"; filter '{self.filter_text}'" if self.filter_text else "") + ".")
+        if self.group_seeds:
+            note.append("\nRuns that differ only by seed: their mean, in a faint band of ± one standard "
+                        "deviation (G: each run again).")
         if self.colour_by is not None:
             note.append(f"\nColoured by {self.colour_by}" + (" (c: the next varied setting)"
                                                               if len(self.colour_keys) > 1 else "") + ": ")
@@ -298,7 +329,45 @@ class CompareScreen(Screen[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "colour_by":
             return bool(self.colour_keys)  # only for runs that vary settings, such as a sweep's
+        if action == "group_seeds":
+            summaries = [self.summaries[p] for p in self.run_dirs if p in self.summaries]
+            return "train.seed" in differing_settings([s.config for s in summaries])
         return True
+
+    def action_group_seeds(self) -> None:
+        self.group_seeds = not self.group_seeds
+        self.action_reload(force=True)
+
+    def _draw_seed_groups(self, chart: MetricChart, summaries: list[RunSummary], differing: list[str], axis: str,
+                          colours: dict[Path, str]) -> set[Path]:
+        """Each group of two or more runs that differ only by seed as its mean and a band of +- one std.
+
+        Only the points every run of a group has are drawn (a live run that is behind
+        shortens its group's line). The runs drawn this way are returned.
+        """
+        keys = [k for k in differing if k != "train.seed"]
+        groups: dict[tuple, list[RunSummary]] = {}
+        for summary in summaries:
+            if summary.parent is None:  # a branch has a history of its own
+                flat = flatten(summary.config)
+                groups.setdefault(tuple(repr(flat.get(k)) for k in keys), []).append(summary)
+        drawn: set[Path] = set()
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            curves = [dict(self._points(member, axis)) for member in members]
+            xs = sorted(set.intersection(*(set(curve) for curve in curves)))
+            if not xs:
+                continue
+            values = [[curve[x] for curve in curves] for x in xs]
+            means = [statistics.fmean(v) for v in values]
+            spreads = [statistics.stdev(v) for v in values]
+            label = run_label(flatten(members[0].config), keys, "all runs") + f" · mean of {len(members)} seeds"
+            chart.set_series(label, xs, means, colours[members[0].path])
+            chart.set_band(label, xs, [m - d for m, d in zip(means, spreads)],
+                           [m + d for m, d in zip(means, spreads)])
+            drawn.update(member.path for member in members)
+        return drawn
 
     def action_colour_by(self) -> None:
         if self.colour_keys:
@@ -312,14 +381,19 @@ class CompareScreen(Screen[None]):
         return "step" if any(s.parent is not None for s in summaries) else "epoch"
 
     def _points(self, summary: RunSummary, axis: str, epochs: list[dict] | None = None) -> list[tuple[float, float]]:
-        x = (lambda e: e["step"]) if axis == "step" else (lambda e: e["epoch"] + 1)
-        return [(x(e), e[self.metric]) for e in (summary.epochs if epochs is None else epochs)
-                if e.get(self.metric) is not None and isinstance(e.get("step"), int)]
+        if axis == "time":
+            trained = training_seconds(summary.epochs)
+            x = lambda e: trained.get(e.get("epoch"), math.nan)  # noqa: E731
+        else:
+            x = (lambda e: e["step"]) if axis == "step" else (lambda e: e["epoch"] + 1)
+        points = [(x(e), e[self.metric]) for e in (summary.epochs if epochs is None else epochs)
+                  if e.get(self.metric) is not None and isinstance(e.get("step"), int)]
+        return [point for point in points if not math.isnan(point[0])]
 
     def action_x_axis(self) -> None:
         summaries = [self.summaries[p] for p in self.run_dirs if p in self.summaries]
-        self.x_axis = "epoch" if self.axis(summaries) == "step" else "step"
-        self.notify(f"x axis: {self.x_axis}s", timeout=2)
+        self.x_axis = {"step": "epoch", "epoch": "time", "time": "step"}[self.axis(summaries)]
+        self.notify(f"x axis: {X_AXIS_NAMES[self.x_axis]}", timeout=2)
         self.action_reload(force=True)
 
     def _fill_table(self, ranked: list[RunSummary], differing: list[str], labels: dict[Path, str],

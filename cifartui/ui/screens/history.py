@@ -25,9 +25,8 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Header, Input, Static
 
-from cifartui.engine.runs import RunDirError, read_config, read_metrics, read_status
-from cifartui.engine.settings import effective_config
-from cifartui.engine.sweep import is_sweep_dir, sweep_of, sweep_run_dirs
+from cifartui.engine.api import (RunDirError, effective_config, is_reproduction_dir, is_sweep_dir, read_config,
+                                 read_metrics, read_status, reproduction_of, sweep_of, sweep_run_dirs)
 from cifartui.ui.screens.dialogs import ConfirmScreen, TextPromptScreen
 from cifartui.ui.steering import change_text
 from cifartui.ui.text import plural
@@ -96,7 +95,7 @@ class HistoryRow:
     parent: Path | None = None
     parent_step: int = -1
     changes: list[tuple[int, str, dict]] = field(default_factory=list)
-    sweep: str = ""  # "<sweep directory> #<run's place in its queue>" for a run of a sweep
+    sweep: str = ""  # "<sweep or reproduction directory> #<run's place in its queue>" for a run of one
 
     def cells(self, depth: int = 0, parent_listed: bool = True) -> list[Any]:
         styles = {"running": "green", "paused": "yellow", "failed": "red", "interrupted": "magenta",
@@ -280,7 +279,8 @@ class HistoryScreen(Screen[None]):
                         # Listed all the same, so that it can be seen, deleted or repaired.
                         problems.append(str(error))
                         rows.append(broken_row(child))
-                elif child.name != TRASH and is_sweep_dir(child):  # a sweep's runs live inside it
+                elif child.name != TRASH and (is_sweep_dir(child) or is_reproduction_dir(child)):
+                    # The runs of a sweep or a reproduction live inside it, in its queue's folders.
                     for key, run_dir in sweep_run_dirs(child):
                         try:
                             rows.append(dataclasses.replace(read_row(run_dir), sweep=f"{child.name} #{key}"))
@@ -372,11 +372,11 @@ class HistoryScreen(Screen[None]):
 
     def action_open(self) -> None:
         if (path := self._selected()) is not None:
-            self.app.open_run_view(path, follow=False)
+            self.app.registry.open_run_view(path, follow=False)
 
     def action_follow(self) -> None:
         if (path := self._selected()) is not None:
-            self.app.open_run_view(path, follow=True)
+            self.app.registry.open_run_view(path, follow=True)
 
     def action_inspect(self) -> None:
         if (path := self._selected()) is not None:
@@ -384,7 +384,7 @@ class HistoryScreen(Screen[None]):
 
     def action_resume(self) -> None:
         if (path := self._selected()) is not None:
-            self.app.resume_run(path)
+            self.app.registry.resume_run(path)
 
     def action_branch(self) -> None:
         if (path := self._selected()) is not None:
@@ -424,6 +424,9 @@ class HistoryScreen(Screen[None]):
         """Why a run must not be moved now, if it must not."""
         if (sweep := sweep_of(path)) is not None:
             return f"{path.name} belongs to the sweep {sweep.name}, whose queue names it; it stays where it is."
+        if (reproduction := reproduction_of(path)) is not None:
+            return (f"{path.name} belongs to the reproduction {reproduction.name}, whose report reads it; "
+                    "it stays where it is.")
         status = read_status(path)
         if status.get("status") in LIVE:
             return f"{path.name} is being trained by process {status.get('pid')}; stop it first."

@@ -42,7 +42,7 @@ def evaluate_with_progress(run_dir: Path, checkpoint: str, data_dir: Path | None
 
     Called in a worker thread.
     """
-    from cifartui.engine.inspect import inspect_run
+    from cifartui.engine.api import inspect_run
 
     return inspect_run(run_dir, checkpoint=checkpoint, data_dir=data_dir, batch_size=EVALUATION_BATCH,
                        progress=progress)
@@ -116,11 +116,8 @@ class InspectScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="inspect", exit_on_error=False)
     def _evaluate(self) -> None:
-        from cifartui.engine.checkpoint import CheckpointError
-        from cifartui.engine.data import DataError
-        from cifartui.engine.inspect import InspectError
-        from cifartui.engine.models import build_model, summarize
-        from cifartui.engine.runs import RunDirError, read_config
+        from cifartui.engine.api import (CheckpointError, DataError, InspectError, RunDirError, build_model,
+                                         read_config, summarize)
 
         def progress(phase: str, done: int, total: int) -> None:
             self.app.call_from_thread(self._progress, phase, done, total)

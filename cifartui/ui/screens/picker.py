@@ -29,7 +29,7 @@ from textual.widgets.option_list import Option
 
 from cifartui import presets
 from cifartui.config import PARTS, ConfigError, RunConfig
-from cifartui.engine.runs import list_runs, read_metrics
+from cifartui.engine.api import list_runs, read_metrics
 
 SETTINGS = (("epochs", "epochs", "integer"), ("batch_size", "batch", "integer"), ("lr", "lr", "number"),
             ("device", "device", "text"), ("seed", "seed", "integer"))
@@ -59,7 +59,7 @@ def settings_of(config: RunConfig) -> dict[str, str]:
 
 def device_problem(name: str) -> str | None:
     """What is wrong with a device name here, in the engine's words; None when it can train."""
-    from cifartui.engine.devices import DeviceError, resolve_device
+    from cifartui.engine.api import DeviceError, resolve_device
 
     try:
         resolve_device(name, option="")  # the picker names the setting itself
@@ -235,7 +235,7 @@ class PickerScreen(ModalScreen[RunConfig | None]):
     @work(thread=True, exclusive=True, group="picker-survey", exit_on_error=False)
     def survey(self) -> None:
         """Which recipes need a download, and how fast earlier runs trained here (off the screen's thread)."""
-        from cifartui.engine.data import ARCHIVES, default_data_dir
+        from cifartui.engine.api import ARCHIVES, default_data_dir
 
         root = Path(getattr(self.app, "data_dir", None) or default_data_dir())
         missing = set()
@@ -445,7 +445,7 @@ class PickerScreen(ModalScreen[RunConfig | None]):
         """Build the model on the CPU off the UI thread; a big model takes a moment."""
         key = (config.model, config.dataset.num_classes)
         if key not in self._summaries:
-            from cifartui.engine.models import build_model, summarize
+            from cifartui.engine.api import build_model, summarize
             try:
                 summary = summarize(build_model(config.model, config.dataset.num_classes), config.model.name)
             except ValueError as error:

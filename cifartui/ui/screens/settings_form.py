@@ -24,7 +24,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from cifartui.config import ConfigError
-from cifartui.engine.settings import NEXT_EPOCH, NEXT_STEP, LiveSettings, parse_value, when_applied
+from cifartui.engine.api import LiveSettings, NEXT_EPOCH, NEXT_STEP, parse_value, when_applied
 from cifartui.ui.steering import FormState, answer_text, ask, change_text, live_state, value_text
 
 KEEP = "keep"

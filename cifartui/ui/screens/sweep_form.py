@@ -4,7 +4,7 @@ It plans the sweep with the engine's `plan_sweep`, so a mistake is named as you 
 the very words `cifartui sweep` uses (`--grid: 'optimizer.lr': expected a number, got
 'fast'`), and Start stays off until it is fixed. Start writes the sweep directory and
 hands it to a `cifartui sweep --resume` process of its own, which goes on when the app
-quits (see `cifartui.ui.screens.sweeps.start_driver`).
+quits (see `cifartui.ui.background.start_driver`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ from textual.widgets.option_list import Option
 
 from cifartui import presets
 from cifartui.config import ConfigError, RunConfig
-from cifartui.engine.queue import PlannedRun
-from cifartui.engine.runs import RunDirError
-from cifartui.engine.sweep import SweepRequest, create_sweep, format_value, plan_sweep
+from cifartui.engine.api import PlannedRun, RunDirError, SweepRequest, create_sweep, format_value, plan_sweep
+from cifartui.ui.background import start_driver
 from cifartui.ui.text import plural
 
 # Lines for settings to vary; a grid of three keys is already a large sweep.
@@ -43,8 +42,7 @@ SHOWN_SETTINGS = 6
 
 def check_model(config: RunConfig) -> None:
     """Build a varied model once on the CPU, as `cifartui sweep` does before any run starts."""
-    from cifartui.engine.models import build_model
-    from cifartui.engine.schedules import DropoutSchedule
+    from cifartui.engine.api import DropoutSchedule, build_model
 
     model = build_model(config.model, config.dataset.num_classes)
     DropoutSchedule(config.dropout_schedule, model, steps_per_epoch=1)
@@ -79,7 +77,7 @@ def draft_sweep(recipe: str, vary: Sequence[str], numbers: Mapping[str, str], *,
     A ConfigError (or a model that cannot be built, with `with_models`) names the
     mistake in the command line's words.
     """
-    from cifartui.engine.queue import plan_slots
+    from cifartui.engine.api import plan_slots
 
     values = {name: _whole_number(option, numbers.get(name, "")) for name, _label, option, _empty in NUMBERS}
     base = presets.compose(presets.load(recipe), epochs=values["epochs"])
@@ -224,8 +222,6 @@ class SweepFormScreen(ModalScreen[Path | None]):
         if draft is None:
             self.notify("Fix the mistake named in red first.", severity="warning")
             return
-        from cifartui.ui.screens.sweeps import start_driver
-
         try:
             queue = create_sweep(self.runs_dir, draft.plan, draft.runs, device=draft.base.train.device,
                                  parallel=draft.parallel, data_dir=self.data_dir)

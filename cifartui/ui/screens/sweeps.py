@@ -2,7 +2,7 @@
 
 A sweep is driven by a `cifartui sweep` process: one started in another shell, or one
 this app started from the form (n), which goes on when the app quits. The screen only
-reads the sweep's files (see `cifartui.engine.sweep.read_sweep`), once a second in a
+reads the sweep's files (see `cifartui.engine.orchestration.sweep.read_sweep`), once a second in a
 worker thread, so a sweep is followed the same way whoever drives it; each read takes
 only what the runs' metrics gained since the last one.
 
@@ -14,7 +14,6 @@ setting, r resumes a sweep nobody drives.
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,33 +24,16 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Header, Static
 
-from cifartui.engine.queue import ProgressTails, QueueError, lock_holder
-from cifartui.engine.runs import RunDirError, is_locked
-from cifartui.engine.sweep import (SettingResult, SweepStatus, drive_in_background, find_sweeps, format_value,
-                                   last_log_line, read_sweep)
+from cifartui.engine.api import (ProgressTails, QueueError, RunDirError, SettingResult, SweepStatus,
+                                 find_sweeps, format_value, is_locked, last_log_line, lock_holder,
+                                 read_sweep)
+from cifartui.ui.background import driver_started_here, start_driver
 from cifartui.ui.text import plural
 from cifartui.ui.widgets.footer import KeyFooter
 
 READ_EVERY_S = 1.0
 STATE_STYLE = {"pending": "dim", "running": "bold cyan", "waiting": "yellow", "finished": "green",
                "failed": "bold red", "stopped": "magenta", "interrupted": "yellow", "starting": "cyan"}
-
-# The sweep processes this app started, by sweep directory. They run in sessions of their
-# own and outlive the app; a thread per process reaps it when it ends.
-_drivers: dict[Path, Any] = {}
-
-
-def start_driver(directory: Path) -> Any:
-    """Drive a sweep with a `cifartui sweep --resume` process of its own; it outlives the app."""
-    process = drive_in_background(directory)
-    _drivers[Path(directory)] = process
-    threading.Thread(target=process.wait, name=f"cifartui-reap-{process.pid}", daemon=True).start()
-    return process
-
-
-def driver_started_here(directory: Path) -> Any | None:
-    return _drivers.get(Path(directory))
-
 
 def pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}%"
@@ -324,7 +306,7 @@ class SweepsScreen(Screen[None]):
             return
         run_dir = self._run_dir_at_cursor()
         if run_dir is not None:
-            self.app.open_run_view(run_dir, follow=True)  # a finished run settles as viewed at once
+            self.app.registry.open_run_view(run_dir, follow=True)  # a finished run settles as viewed at once
 
     def action_compare(self) -> None:
         from cifartui.ui.screens.compare import CompareScreen
@@ -369,4 +351,4 @@ class SweepsScreen(Screen[None]):
         self.app.pop_screen()
 
 
-__all__ = ["SweepsScreen", "start_driver", "score_text", "rank_text", "fill_table"]
+__all__ = ["SweepsScreen", "score_text", "rank_text", "fill_table"]

@@ -21,7 +21,7 @@ from cifartui.ui.series import BoundedSeries
 
 # Distinct colours that survive a 256-colour terminal.
 PALETTE = ("cyan", "magenta", "green", "yellow", "bright_blue", "red", "bright_white", "orange3")
-# What the x axis counts: training steps, epochs (fractional within one), or wall-clock time.
+# What the x axis counts: training steps, epochs (fractional within one), or time spent training.
 X_AXES = ("step", "epoch", "time")
 # Exponential moving average weights the smoothing key steps through (TensorBoard's slider).
 SMOOTHING_STEPS = (0.0, 0.6, 0.8, 0.9, 0.95, 0.99)
@@ -187,6 +187,8 @@ class MetricChart(PlotWidget, can_focus=False, inherit_bindings=False):
         self.styles_by_name: dict[str, str] = {}
         self.smoothed: set[str] = set()  # noisy series: drawn faint, with their moving average on top
         self.hidden: set[str] = set()
+        # name -> (xs, lows, highs): a band drawn faint around the series (mean +- std of a seed group)
+        self.bands: dict[str, tuple[list[float], list[float], list[float]]] = {}
         self.target: tuple[float, str] | None = None
         self.x_axis = "step"
         self.x_transform: XTransform | None = None  # steps to the axis' unit; None: x is already that unit
@@ -216,6 +218,11 @@ class MetricChart(PlotWidget, can_focus=False, inherit_bindings=False):
             series.append(x, y)
         self.series[name] = series
         self.styles_by_name[name] = style
+        self.dirty = True
+
+    def set_band(self, name: str, xs: list[float], lows: list[float], highs: list[float]) -> None:
+        """A faint band from `lows` to `highs` around the series `name`, in its colour."""
+        self.bands[name] = (list(xs), list(lows), list(highs))
         self.dirty = True
 
     def truncate_after(self, x: float) -> None:
@@ -308,6 +315,8 @@ class MetricChart(PlotWidget, can_focus=False, inherit_bindings=False):
             middle = (x_high + x_low) / 2
             x_low, x_high = middle - minimum_span / 2, middle + minimum_span / 2
         ys_all = [ys for _, _, ys in shown]
+        band_lines = self._band_lines(shown)
+        ys_all += [ys for _, _, ys, _ in band_lines]
         y_low = min(float(np.nanmin(ys)) if len(ys) else math.inf for ys in ys_all)
         y_high = max(float(np.nanmax(ys)) if len(ys) else -math.inf for ys in ys_all)
         if target is not None:
@@ -325,6 +334,8 @@ class MetricChart(PlotWidget, can_focus=False, inherit_bindings=False):
         self.set_xlimits(x_low, x_high)
         self.set_ylimits(y_low, y_high)
 
+        for name, xs, ys, style in band_lines:
+            self.plot(xs, ys, line_style=f"dim {style}", hires_mode=HiResMode.BRAILLE)
         for name, xs, ys in shown:
             style = self.styles_by_name[name]
             if len(xs) == 1:
@@ -351,6 +362,22 @@ class MetricChart(PlotWidget, can_focus=False, inherit_bindings=False):
         self.set_x_formatter(FixedLabels(x_labels))
         if self.legend:
             self.show_legend(LegendLocation.TOPRIGHT)
+
+    def _band_lines(self, shown: list[tuple[str, np.ndarray, np.ndarray]]) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
+        """The edges of the bands of shown series, on the axis and scale drawn."""
+        lines = []
+        for name, *_ in shown:
+            if name not in self.bands:
+                continue
+            band_xs, lows, highs = (np.asarray(values, dtype=float) for values in self.bands[name])
+            for edge in (lows, highs):
+                xs, ys = self._to_axis(band_xs), edge
+                if self.log_scale:
+                    keep = ys > 0
+                    xs, ys = xs[keep], np.log10(ys[keep])
+                if len(xs) > 1:
+                    lines.append((name, xs, ys, self.styles_by_name[name]))
+        return lines
 
     def _subtitle(self) -> str:
         parts = [{"step": "x: step", "epoch": "x: epoch", "time": "x: time"}.get(self.x_axis, f"x: {self.x_axis}")]

@@ -21,8 +21,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import DataTable, ProgressBar, RichLog, Sparkline, Static
 
-from cifartui.engine import events as ev
-from cifartui.ui.series import BoundedSeries
+from cifartui.engine import api
+from cifartui.ui.series import BoundedSeries, TrainingClock
 from cifartui.ui.steering import change_text, value_text
 from cifartui.ui.widgets.charts import MetricChart
 from cifartui.ui.widgets.system import SystemPanel
@@ -136,12 +136,11 @@ class RunPanel(VerticalScroll):
         self.process_note = ""  # for a followed run: whose process trains it
         self.lr_history = BoundedSeries(SPARK_POINTS * 4)
         self.dropout_history = BoundedSeries(SPARK_POINTS * 4)
-        self.clock = BoundedSeries(2000)  # (step, wall time) for the time axis
+        self.clock = TrainingClock()  # seconds of training (pauses left out) at each step, for the time axis
         self.last_event_time = 0.0
-        self.time_origin: float | None = None  # when the run first started: zero on the time axis
         self.dropout_rates: dict[str, float] = {}
-        self.last_step_event: ev.StepMetrics | None = None
-        self.finished: ev.RunFinished | None = None
+        self.last_step_event: api.StepMetrics | None = None
+        self.finished: api.RunFinished | None = None
         self.lr_note = ""
         self.dropout_note = ""
         self.x_axis = "step"
@@ -151,7 +150,7 @@ class RunPanel(VerticalScroll):
         self._ready = False
         self._shown_text: dict[str, object] = {}
         # Events (and calls) that arrived before the widgets were mounted, applied on mount.
-        self._early: list[ev.Event | Callable[[], None]] = []
+        self._early: list[api.Event | Callable[[], None]] = []
         self._process: int | None = None  # the pid that trains this run, for the system line
         self._epochs_follow = True  # the epoch table shows its newest row until the user scrolls back
         self._epoch_scroll_seen = 0.0
@@ -216,13 +215,11 @@ class RunPanel(VerticalScroll):
     # --- chart settings -----------------------------------------------------------------------
 
     def steps_to_axis(self, steps: np.ndarray) -> np.ndarray:
-        """Steps as the chosen x axis shows them: steps, epochs, or seconds since the run began."""
+        """Steps as the chosen x axis shows them: steps, epochs, or seconds of training (pauses left out)."""
         if self.x_axis == "epoch" and self.steps_per_epoch:
             return steps / self.steps_per_epoch
         if self.x_axis == "time" and len(self.clock):
-            clock_steps, clock_times = np.asarray(self.clock.xs), np.asarray(self.clock.ys)
-            origin = self.time_origin if self.time_origin is not None else clock_times[0]
-            return np.interp(steps, clock_steps, clock_times) - origin
+            return self.clock.seconds_at(steps)
         return steps
 
     def apply_chart_settings(self) -> None:
@@ -235,7 +232,7 @@ class RunPanel(VerticalScroll):
 
     # --- events in ----------------------------------------------------------------------------
 
-    def apply(self, event: ev.Event) -> None:
+    def apply(self, event: api.Event) -> None:
         if not self._ready:
             self._early.append(event)
             return
@@ -252,14 +249,13 @@ class RunPanel(VerticalScroll):
         line.append(text, style=style)
         self.query_one("#event-log", EventLog).add(line)
 
-    def _on_PhaseStarted(self, event: ev.PhaseStarted) -> None:
+    def _on_PhaseStarted(self, event: api.PhaseStarted) -> None:
         self.phase = (event.phase, event.detail, event.time)
         detail = f" ({event.detail})" if event.detail else ""
         self._log(event.time, f"{event.phase}{detail}…", "dim")
 
-    def _on_RunStarted(self, event: ev.RunStarted) -> None:
-        if self.time_origin is None:
-            self.time_origin = event.time
+    def _on_RunStarted(self, event: api.RunStarted) -> None:
+        self.clock.started(event.time, resumed=event.resumed)
         self.total_steps, self.step, self.epoch = event.total_steps, event.step, event.epoch
         self.steps_per_epoch = event.steps_per_epoch
         train = event.config.get("train", {})
@@ -302,7 +298,7 @@ class RunPanel(VerticalScroll):
         for key in [k for k in table.rows if k.value is not None and int(k.value) >= epoch]:
             table.remove_row(key)
 
-    def _on_StepMetrics(self, event: ev.StepMetrics) -> None:
+    def _on_StepMetrics(self, event: api.StepMetrics) -> None:
         self.last_step_event = event
         self.phase = None
         self.step, self.epoch, self.total_steps = event.step, event.epoch, event.total_steps
@@ -315,7 +311,7 @@ class RunPanel(VerticalScroll):
             self.ms_per_step, self.images_per_s = recent_ms, recent_rate
         remaining = max(event.total_steps - event.step, 0)
         self.eta_s = remaining * self.ms_per_step / 1000.0 if self.ms_per_step else event.eta_s
-        self.clock.append(event.step, event.time)
+        self.clock.at(event.step, event.time)
         self.loss_chart.add_point("train", event.step, event.loss, "cyan", smooth=True)
         self.accuracy_chart.add_point("train top-1", event.step, event.top1, "cyan", smooth=True)
         self.lr_history.append(event.step, event.lr)
@@ -325,9 +321,9 @@ class RunPanel(VerticalScroll):
         if self.status in ("starting", "paused"):
             self.status = "running"
 
-    def _on_EpochEnded(self, event: ev.EpochEnded) -> None:
+    def _on_EpochEnded(self, event: api.EpochEnded) -> None:
         loss_chart, accuracy_chart = self.loss_chart, self.accuracy_chart
-        self.clock.append(event.step, event.time)
+        self.clock.at(event.step, event.time)
         if event.val_loss is not None:
             loss_chart.add_point("val", event.step, event.val_loss, "magenta")
             accuracy_chart.add_point("val top-1", event.step, event.val_top1, "magenta")
@@ -348,12 +344,12 @@ class RunPanel(VerticalScroll):
             key=key)
         self.step = max(self.step, event.step)
 
-    def _on_LRChanged(self, event: ev.LRChanged) -> None:
+    def _on_LRChanged(self, event: api.LRChanged) -> None:
         self._log(event.time, f"step {event.step:,}: learning rate {event.old:.4g} → {event.new:.4g} ({event.reason})",
                   "yellow")
         self.lr_note = f"  [yellow]since step {event.step:,}[/]"
 
-    def _on_SettingsChanged(self, event: ev.SettingsChanged) -> None:
+    def _on_SettingsChanged(self, event: api.SettingsChanged) -> None:
         changes = dict(event.changes)
         self.changes.append((event.step, event.source, changes))
         for chart in (self.loss_chart, self.accuracy_chart):
@@ -389,7 +385,7 @@ class RunPanel(VerticalScroll):
         widget.update(line)
         widget.display = bool(line)
 
-    def _on_DropoutChanged(self, event: ev.DropoutChanged) -> None:
+    def _on_DropoutChanged(self, event: api.DropoutChanged) -> None:
         old, new = _clean_rates(event.old), _clean_rates(event.new)
         self.dropout_rates = new
         self._fill_dropout_rates()
@@ -401,41 +397,44 @@ class RunPanel(VerticalScroll):
                   f"{sum(new.values()) / max(len(new), 1):.3f})", "yellow")
         self.dropout_note = f"  [yellow]since step {event.step:,}[/]"
 
-    def _on_CheckpointSaved(self, event: ev.CheckpointSaved) -> None:
+    def _on_CheckpointSaved(self, event: api.CheckpointSaved) -> None:
         name = event.path.rsplit("/", 1)[-1]
         self._log(event.time, f"step {event.step:,}: checkpoint {name} ({event.reason})", "dim")
 
-    def _on_CheckpointFailed(self, event: ev.CheckpointFailed) -> None:
+    def _on_CheckpointFailed(self, event: api.CheckpointFailed) -> None:
         self._alert(event.error)
         self._log(event.time, event.error, "bold red")
 
-    def _on_RunPaused(self, event: ev.RunPaused) -> None:
+    def _on_RunPaused(self, event: api.RunPaused) -> None:
         self.step = event.step
         self.status = "paused"
+        self.clock.paused(event.time)
         self._log(event.time, f"paused at step {event.step:,}: {event.reason}", "bold yellow")
 
-    def _on_RunResumed(self, event: ev.RunResumed) -> None:
+    def _on_RunResumed(self, event: api.RunResumed) -> None:
         self.step = event.step
         self.status = "running"
+        self.clock.resumed(event.time)
         self._clear_alert()
         self._log(event.time, f"resumed at step {event.step:,}", "green")
 
-    def _on_LossNotFinite(self, event: ev.LossNotFinite) -> None:
+    def _on_LossNotFinite(self, event: api.LossNotFinite) -> None:
         self._alert(event.message)
         self._log(event.time, event.message, "bold red")
 
-    def _on_MemoryExhausted(self, event: ev.MemoryExhausted) -> None:
+    def _on_MemoryExhausted(self, event: api.MemoryExhausted) -> None:
         self._alert(event.message)
         self._log(event.time, event.message, "bold red")
 
-    def _on_RunStopped(self, event: ev.RunStopped) -> None:
+    def _on_RunStopped(self, event: api.RunStopped) -> None:
         self.step = event.step  # the status line says the step the log and the checkpoint say
         self.phase = None
         self.status = "stopped"
+        self.clock.paused(event.time)
         where = f"checkpoint {event.checkpoint.rsplit('/', 1)[-1]}" if event.checkpoint else "no new checkpoint"
         self._log(event.time, f"stopped at step {event.step:,} ({event.reason}); {where}", "bold")
 
-    def _on_RunFinished(self, event: ev.RunFinished) -> None:
+    def _on_RunFinished(self, event: api.RunFinished) -> None:
         self.finished = event
         self.phase = None
         self.step = event.steps
@@ -444,13 +443,13 @@ class RunPanel(VerticalScroll):
         self._log(event.time, f"finished: test top-1 {event.test_top1:.2f}%{reference}, top-5 {event.test_top5:.2f}%, "
                   f"loss {event.test_loss:.4f}", "bold green")
 
-    def _on_RunFailed(self, event: ev.RunFailed) -> None:
+    def _on_RunFailed(self, event: api.RunFailed) -> None:
         self.step = max(self.step, event.step)
         self.fail(event.error_type, event.error)
 
     def fail(self, error_type: str, message: str) -> None:
         if not self._ready:
-            self._early.append(ev.RunFailed(error=message, error_type=error_type, step=self.step, epoch=self.epoch))
+            self._early.append(api.RunFailed(error=message, error_type=error_type, step=self.step, epoch=self.epoch))
             return
         if self.status == "failed":
             return
