@@ -413,7 +413,7 @@ def test_sweeps_key_is_in_the_footer_help_and_palette(tmp_path: Path) -> None:
     async def scenario(size: tuple[int, int]) -> list[str]:
         app = make_app(runs_dir=tmp_path / "runs", offer_resume=False)
         async with app.run_test(size=size) as pilot:
-            await pilot.pause(0.3)
+            await wait_for(pilot, lambda: "quit" in footer_actions(app))  # the footer fills in after mount
             shown = footer_actions(app)
             assert "Sweeps" in [command.title for command in app.get_system_commands(app.screen)]
             await pilot.press("S")  # shown or not, the key works

@@ -90,10 +90,12 @@ def test_run_pause_and_hangup_in_tmux(tmp_path: Path, ending: str) -> None:
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
 
-    deadline = time.monotonic() + 5.0
+    # A bound for "it exits, it does not hang": the checkpoint it writes first takes seconds on a
+    # loaded machine (the time itself is the fault benchmark's business).
+    deadline = time.monotonic() + 30.0
     while _pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _pid_alive(pid), "the app should exit within 5 s of the hangup"
+    assert not _pid_alive(pid), "the app should exit after the hangup (waited 30 s)"
 
     (run_dir,) = runs.iterdir()
     status = json.loads((run_dir / "status.json").read_text())
