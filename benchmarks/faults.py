@@ -146,6 +146,134 @@ def kill_trials(count: int, seed: int) -> dict:
     }
 
 
+# --- sweeps and control requests in flight ----------------------------------------------------
+
+SWEEP_PRESET = KILL_PRESET.replace("train_size = 2000", "train_size = 960")
+CHANGED_LR = 0.01  # what a control request sets in a live run of the sweep
+
+
+def _sweep_entries(sweep_dir: Path) -> list[dict]:
+    queue = json.loads((sweep_dir / "queue.json").read_text())
+    return [json.loads((sweep_dir / key / "entry.json").read_text()) for key in queue["entries"]]
+
+
+def _steps_reported(sweep_dir: Path) -> int:
+    return sum(reported_step(entry) for entry in sweep_dir.iterdir() if entry.is_dir())
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.endswith("}")]
+
+
+def sweep_kill_trial(preset: Path, root: Path, rng: random.Random, references: dict[int, dict], env: dict) -> dict:
+    """A sweep of three seeds, two at a time; at a random moment a control request changes one live run's
+    learning rate, then the driver (and half the time one of its runs) is killed with SIGKILL; the sweep
+    is resumed until it ends. Every run must finish exactly once; a run no request changed must end
+    bit-identical to an uninterrupted run of its seed, and a change the run confirmed must still hold
+    after the kill (in its metrics' learning rate to the end)."""
+    from cifartui.engine.runs.channel import ControlError, send
+
+    runs = root / "runs"
+    driver = subprocess.Popen([sys.executable, "-m", "cifartui.cli", "sweep", str(preset), "--seeds", "3",
+                               "--parallel", "2", "--runs-dir", str(runs)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=env)
+    kill_after = rng.randrange(5, 150)
+    result = {"changed": None, "change_confirmed": False, "killed_run": False, "resumes": 0}
+    try:
+        found = _wait_until(lambda: bool(list(runs.glob("*/queue.json"))) and
+                            _steps_reported(next(runs.glob("*/queue.json")).parent) >= kill_after
+                            or driver.poll() is not None, timeout=300)
+        sweep_dir = next(runs.glob("*/queue.json")).parent
+        live = [e for e in _sweep_entries(sweep_dir) if e["state"] == "running" and e.get("run_dir")]
+        if found and live and rng.random() < 0.7:
+            target = sweep_dir / live[0]["key"] / live[0]["run_dir"]
+            result["changed"] = str(target)
+            try:
+                answer = send(target, "set", {"updates": {"optimizer.lr": CHANGED_LR}}, timeout=30)
+                result["change_confirmed"] = bool(answer.get("ok"))
+            except ControlError as error:  # the run ended meanwhile: nothing applied
+                result["change_error"] = str(error)
+        time.sleep(rng.uniform(0.0, 0.3))
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    live = [e for e in _sweep_entries(sweep_dir) if e["state"] == "running" and e.get("run_dir")]
+    if live and rng.random() < 0.5:
+        status = json.loads((sweep_dir / live[-1]["key"] / live[-1]["run_dir"] / "status.json").read_text())
+        if isinstance(status.get("pid"), int):
+            try:
+                os.kill(status["pid"], signal.SIGKILL)
+                result["killed_run"] = True
+            except OSError:
+                pass
+    for _ in range(3):
+        resumed = subprocess.run([sys.executable, "-m", "cifartui.cli", "sweep", "--resume", str(sweep_dir)],
+                                 capture_output=True, text=True, env=env)
+        result["resumes"] += 1
+        if resumed.returncode == 0:
+            break
+        time.sleep(1.0)  # a run of the killed driver still writing its checkpoint holds its lock
+    entries = _sweep_entries(sweep_dir)
+    result["all_finished"] = all(e["state"] == "finished" for e in entries)
+    result["finished_once"] = True
+    result["identical"], result["change_held"] = [], None
+    for entry in entries:
+        run_dir = sweep_dir / entry["key"] / entry["run_dir"]
+        events = _events(run_dir)
+        result["finished_once"] &= sum(e["event"] == "RunFinished" for e in events) == 1
+        if result["changed"] == str(run_dir) and result["change_confirmed"]:
+            changed_at = next(e["step"] for e in events if e["event"] == "SettingsChanged")
+            after = [e["lr"] for e in events if e["event"] == "StepMetrics" and e["step"] > changed_at + 1]
+            # ...and the optimizer of the final checkpoint, for a change close to the run's end.
+            final_lrs = [group["lr"] for group in _load(run_dir / "checkpoints" / "last.pt")["optimizer"]["param_groups"]]
+            result["change_held"] = all(abs(float(lr) - CHANGED_LR) < 1e-9 for lr in after + final_lrs)
+            if not result["change_held"]:
+                result["lr_after_change"] = after + final_lrs
+            continue
+        if result["changed"] == str(run_dir):
+            continue  # a request that was not confirmed may or may not have applied: no reference for it
+        final = _load(run_dir / "checkpoints" / "last.pt")
+        reference = references.get(entry["label"]["seed"])
+        if reference is None:  # an uninterrupted run of the very recipe the sweep froze for this seed
+            reference_runs = root.parent / f"reference-{entry['label']['seed']}"
+            subprocess.run([sys.executable, "-m", "cifartui.cli", "train", str(sweep_dir / entry["key"] / "config.toml"),
+                            "--runs-dir", str(reference_runs), "--device", "cpu"], check=True, capture_output=True,
+                           env=env)
+            (reference_dir,) = list(reference_runs.iterdir())
+            reference = references[entry["label"]["seed"]] = _load(reference_dir / "checkpoints" / "last.pt")
+        result["identical"].append(all(torch.equal(final["model"][k], reference["model"][k])
+                                       for k in reference["model"]))
+    return result
+
+
+def sweep_kill_trials(count: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the runs and their references on the same threads
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        preset = root / "sweep.toml"
+        preset.write_text(SWEEP_PRESET)
+        references: dict[int, dict] = {}  # by seed, trained on first use
+        results = []
+        for trial in range(count):
+            result = sweep_kill_trial(preset, root / f"trial{trial}", rng, references, env)
+            results.append(result)
+            print(f"  sweep trial {trial + 1}/{count}: {result}", file=sys.stderr)
+    compared = [same for r in results for same in r["identical"]]
+    confirmed = [r for r in results if r["change_confirmed"]]
+    return {
+        "trials": count,
+        "runs": 3 * count,
+        "runs_killed": sum(r["killed_run"] for r in results),
+        "all_finished": sum(r["all_finished"] for r in results),
+        "finished_once": sum(r["finished_once"] for r in results),
+        "compared": len(compared),
+        "bit_identical": sum(compared),
+        "changes_confirmed": len(confirmed),
+        "changes_held": sum(bool(r["change_held"]) for r in confirmed),
+    }
+
+
 # --- damaged run folders ---------------------------------------------------------------------
 
 RUN_FILES = ("config.json", "status.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt")
@@ -519,6 +647,7 @@ def main() -> None:
     parser.add_argument("--soak-minutes", type=float, default=10.0)
     parser.add_argument("--early-interrupt-trials", type=int, default=30)
     parser.add_argument("--checkpoint-interrupt-trials", type=int, default=10)
+    parser.add_argument("--sweep-kill-trials", type=int, default=20)
     parser.add_argument("--damaged-run-cases", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
@@ -527,6 +656,8 @@ def main() -> None:
                          f"torch {torch.__version__}"}
     if args.kill_trials:
         report["kill"] = kill_trials(args.kill_trials, args.seed)
+    if args.sweep_kill_trials:
+        report["sweep_kill"] = sweep_kill_trials(args.sweep_kill_trials, args.seed)
     if args.early_interrupt_trials:
         report["early_interrupt"] = early_interrupt_trials(args.early_interrupt_trials, args.seed)
     if args.checkpoint_interrupt_trials:
@@ -546,6 +677,14 @@ def main() -> None:
         print(f"| {k['trials']} | {k['killed_mid_checkpoint_write']} | {k['killed_before_first_checkpoint']} | "
               f"{k['last_checkpoint_loaded']}/{k['with_checkpoint']} | "
               f"{k['resumed_bit_identical']}/{k['with_checkpoint']} |\n")
+    if "sweep_kill" in report:
+        w = report["sweep_kill"]
+        print("| sweep kill -9 trials (driver, and a run half the time) | runs | runs killed | sweeps finished "
+              "| every run finished once | unchanged runs bit-identical | live changes confirmed, held after the kill |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print(f"| {w['trials']} | {w['runs']} | {w['runs_killed']} | {w['all_finished']}/{w['trials']} | "
+              f"{w['finished_once']}/{w['trials']} | {w['bit_identical']}/{w['compared']} | "
+              f"{w['changes_held']}/{w['changes_confirmed']} |\n")
     if "early_interrupt" in report:
         e = report["early_interrupt"]
         print("| Ctrl-C in the first 4 s (train, inspect, predict) | exit 130 | tracebacks | run folders without a "
