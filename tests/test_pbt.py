@@ -16,8 +16,9 @@ import pytest
 
 from cifartui.cli import main
 from cifartui.config import RunConfig, from_mapping
-from cifartui.engine.orchestration.pbt import (choose_clone, explore, live_updates, member_schedule,
-                                               minimum_population, perturb, quantile_count, rank_members, read_log)
+from cifartui.engine.orchestration.pbt import (best_member, choose_clone, explore, live_updates, member_schedule,
+                                               minimum_population, perturb, quantile_count, rank_members, read_log,
+                                               write_export)
 from cifartui.engine.orchestration.search import Dimension
 from cifartui.engine.runs.folders import read_metrics, read_status
 from cifartui.engine.runs.settings import effective_config
@@ -95,12 +96,18 @@ def population(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert rows_at_kill, f"no member exploited another before the end:\n{output}"
     table = root / "pbt.json"
     assert main(["sweep", "--resume", str(sweep_dir), "--json", str(table)]) == 0
-    exported = root / "best.toml"
-    assert main(["sweep", "--pbt-export", str(sweep_dir), str(exported)]) == 0
+    best = root / "best.toml"
+    assert main(["sweep", "--pbt-export", str(sweep_dir), str(best)]) == 0
+    # The best member's schedule is rerun; if it never copied another, that of the last member that did.
+    exploited = [row["target"] for row in read_log(sweep_dir)]
+    exported = best
+    if best_member(sweep_dir) not in exploited:
+        exported = root / "exploited.toml"
+        write_export(sweep_dir, exported, key=exploited[-1])
     rerun_dir = root / "rerun"
     assert main(["train", str(exported), "--run-dir", str(rerun_dir)]) == 0
     return {"sweep": sweep_dir, "rows_at_kill": rows_at_kill, "table": json.loads(table.read_text()),
-            "exported": exported, "rerun": rerun_dir, "runs_dir": runs_dir}
+            "best": best, "exported": exported, "rerun": rerun_dir, "runs_dir": runs_dir}
 
 
 def test_every_member_finished_once_each_run_of_it_stopped_or_finished_as_its_lineage_says(population: dict) -> None:
@@ -182,6 +189,7 @@ def test_exported_schedule_reruns_the_same_settings_at_the_same_epochs(populatio
         differ = {k: v for k, v in live_updates(after, groups).items() if live_updates(before, groups)[k] != v}
         if differ:
             wanted.append((epoch, differ))
+    assert wanted, "the member rerun copied another at least once: its schedule changes settings"
     applied = [(e["epoch"], {k: pair[1] for k, pair in e["changes"].items()})
                for e in _event(rerun, "SettingsChanged") if e["source"] == "schedule"]
     assert [epoch for epoch, _ in applied] == [epoch for epoch, _ in wanted]
@@ -192,6 +200,17 @@ def test_exported_schedule_reruns_the_same_settings_at_the_same_epochs(populatio
     branch_epochs = sorted({row["clone_epoch"] for row in rows.values()})
     assert {epoch for epoch, _ in applied} <= set(branch_epochs)
     assert read_status(rerun)["status"] == "finished"
+
+
+def test_export_writes_the_best_members_schedule(population: dict) -> None:
+    sweep_dir = population["sweep"]
+    preset = tomllib.loads(population["best"].read_text())
+    best = best_member(sweep_dir)
+    assert preset["name"] == f"tiny-pbt-{best}"
+    entries = {e["key"]: e for e in _entries(sweep_dir)}
+    summaries = {key: json.loads((sweep_dir / key / "summary.json").read_text())["best_val_top1"] for key in entries}
+    assert summaries[best] == max(summaries.values())
+    assert "settings_schedule" in preset and "keep_every" in preset["train"] and preset["train"]["keep_every"] == 0
 
 
 def test_sweeps_view_shows_members_settings_and_lineage_and_compares_their_runs(population: dict) -> None:
