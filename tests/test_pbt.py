@@ -336,3 +336,13 @@ def test_settings_schedule_with_a_key_that_cannot_change_live_is_refused(
     error = " ".join(capsys.readouterr().err.split())
     assert "settings_schedule[0]" in error and "model.name" in error and "cannot change while the run trains" in error
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_settings_schedule_naming_a_dropout_group_the_model_lacks_is_refused_before_training(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    preset = tmp_path / "scheduled.toml"
+    preset.write_text(TINY_PRESET + '\n[[settings_schedule]]\nepoch = 1\nset = ["dropout.nowhere=0.2"]\n')
+    assert main(["train", str(preset), "--runs-dir", str(tmp_path / "runs")]) == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert "settings_schedule[0].set" in error and "dropout.nowhere" in error and "dense" in error
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
