@@ -4,8 +4,7 @@ A PBT sweep trains N members at once, each an entry of the sweep's queue (its ow
 `cifartui train` process, as a search's trials are). Every `interval` epochs, when a
 member ends such an epoch, it is ranked against the other members' latest results at
 the same or the nearest earlier interval (asynchronous, as Ray Tune's PBT is). A member
-in the worst `quantile`
-EXPLOITS a member of the best quantile: it stops, and goes on as a new run folder in its
+in the worst `quantile` EXPLOITS a member of the best quantile: it stops, and goes on as a new run folder in its
 own entry, branched from the clone's checkpoint of that interval (`cifartui branch RUN
 --checkpoint epoch-NNNN`, whose parent is the clone's run); and EXPLORES: its settings are
 the clone's, each multiplied by 0.8 or 1.2, or (with probability 0.25) drawn again from
