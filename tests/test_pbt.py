@@ -234,6 +234,8 @@ def test_sweeps_view_shows_members_settings_and_lineage_and_compares_their_runs(
             seen["columns"] = [str(column.label) for column in table.columns.values()]
             seen["rows"] = [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
             seen["about"] = str(screen.query_one("#sweep-about").render())
+            listed = screen.query_one("#sweeps-list")
+            seen["listed"] = [str(cell) for cell in listed.get_row_at(0)]
             await pilot.press("v")
             await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
             seen["compared"] = list(app.screen.run_dirs)
@@ -248,6 +250,12 @@ def test_sweeps_view_shows_members_settings_and_lineage_and_compares_their_runs(
         lineage = row[seen["columns"].index("lineage")]
         assert all(f"copied {r['clone']} at epoch {r['clone_epoch']}" in lineage for r in own[-3:])
         assert own or lineage == "own start"
+    summaries = {e["key"]: json.loads((sweep_dir / e["key"] / "summary.json").read_text())["best_val_top1"]
+                 for e in _entries(sweep_dir)}
+    leader = max(summaries, key=lambda key: summaries[key])  # the first of equals, as the view takes it
+    own = [r for r in rows if r["target"] == leader]
+    lead = own[-1]["new"] if own else json.loads((sweep_dir / leader / "entry.json").read_text())["label"]["settings"]
+    assert f"lr={lead['optimizer.lr']:.4g}" in seen["listed"][5]  # the list shows the best member's settings now
     assert sorted(seen["compared"]) == sorted(sweep_dir / e["key"] / e["run_dir"] for e in _entries(sweep_dir))
 
 

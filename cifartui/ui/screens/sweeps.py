@@ -196,8 +196,13 @@ class SweepsScreen(Screen[None]):
             counts = status.counts()
             done = sum(counts.get(s, 0) for s in ("finished", "stopped", "failed"))
             best = next((r for r in status.ranked if r.best), None)
+            shown = best.settings if best else None
+            members = {m.key: m for m in self.members.get(directory, [])}
+            if members and is_pbt_plan(status.plan):  # a population: the best member's settings now
+                leader = max(status.runs, key=lambda run: -1.0 if run.best_val_top1 is None else run.best_val_top1)
+                shown = members[leader.key].settings if leader.key in members else shown
             best_setting = "  ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in
-                                     zip(status.varied, settings_text(best.settings, status.varied))) if best else ""
+                                     zip(status.varied, settings_text(shown, status.varied))) if shown else ""
             rows.append((str(directory), [directory.name, str(status.plan.get("preset", "")),
                                           Text(state, style=STATE_STYLE.get(state, "")),
                                           f"{done}/{len(status.runs)}", score_text(best) if best else "-",
