@@ -211,6 +211,16 @@ class DropoutEvent:
 
 
 @dataclass(frozen=True)
+class ScheduledChange:
+    """A change of live settings at the start of an epoch, as `cifartui control RUN set` would make it."""
+
+    epoch: int = setting(1, "The epoch (counted from 0) before whose first step the change applies.", low=1)
+    set: tuple[str, ...] = setting(
+        (), "KEY=VALUE assignments with the keys `control set` takes (optimizer.lr, optimizer.weight_decay, "
+        "dropout.GROUP, ...), e.g. [\"optimizer.lr=0.02\"].")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """How long, how big, where and how often."""
 
@@ -273,6 +283,8 @@ class RunConfig:
     augment: AugmentConfig = setting(AugmentConfig(), "The augmentation part.")
     train: TrainConfig = setting(TrainConfig(), "Training settings.")
     dropout_schedule: tuple[DropoutEvent, ...] = setting((), "Changes of dropout rates over time.")
+    settings_schedule: tuple[ScheduledChange, ...] = setting(
+        (), "Changes of live settings at given epochs, in order (a schedule `sweep --pbt-export` writes).")
     reference: Reference = setting(Reference(), "The result this recipe reproduces.")
 
     def to_dict(self) -> dict[str, Any]:
@@ -451,4 +463,17 @@ def check_rules(config: RunConfig, source: str) -> RunConfig:
     for i, event in enumerate(config.dropout_schedule):
         if event.action in ("set", "add") and not event.rates:
             raise ConfigError(source, f"dropout_schedule[{i}].rates", f"'{event.action}' needs one rate per group")
+    last = 0
+    for i, change in enumerate(config.settings_schedule):
+        if change.epoch <= last:
+            raise ConfigError(source, f"settings_schedule[{i}].epoch", f"{change.epoch} does not come after the "
+                              f"previous change's epoch ({last}); expected increasing epochs")
+        last = change.epoch
+        if not change.set:
+            raise ConfigError(source, f"settings_schedule[{i}].set", "expected at least one KEY=VALUE")
+        for item in change.set:
+            key, sep, text = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(source, f"settings_schedule[{i}].set", f"{item!r}: expected KEY=VALUE, for "
+                                  "example optimizer.lr=0.01")
     return config

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from cifartui.cli import search
+from cifartui.cli import pbt, search
 from cifartui.cli.common import EXIT_FAILED, EXIT_OK, SIGNAL_EXIT, STATE_STYLE, LiveQueueTable, state_cell
 from cifartui.cli.ray_option import add_ray_option, ray_launcher, resume_on_ray
 from cifartui.cli.training import preset_options
@@ -57,6 +57,7 @@ def add_parsers(commands: Any) -> None:
     sweep.add_argument("--json", type=Path, metavar="FILE", help="write the ranked table as JSON")
     sweep.add_argument("--resume", type=Path, metavar="SWEEP_DIR", help="continue an interrupted sweep")
     search.add_options(sweep)
+    pbt.add_options(sweep)
     add_ray_option(sweep)
 
 
@@ -64,6 +65,10 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     from cifartui.engine.orchestration.queue import RunQueue, plan_slots
     from cifartui.engine.orchestration.sweep import read_plan
 
+    if args.pbt_export is not None:
+        return pbt.cmd_export(args, console)
+    if pbt.wants_pbt(args):  # --pbt N and its options, or --resume of a PBT sweep's folder
+        return pbt.cmd_pbt(args, console, plan_options=PLAN_OPTIONS, display=SweepDisplay)
     if search.wants_search(args):  # --search, --space, ... or --resume of a search's folder
         return search.cmd_search(args, console, plan_options=PLAN_OPTIONS, display=SweepDisplay)
     if args.resume is not None:

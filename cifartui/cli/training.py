@@ -217,6 +217,17 @@ def _check_model(config: RunConfig) -> None:
     model = build_model(config.model, config.dataset.num_classes)
     DropoutSchedule(config.dropout_schedule, model, steps_per_epoch=1)
     decay_groups(model, config.optimizer)  # every decay pattern matches a parameter
+    if config.settings_schedule:  # each dropout.GROUP a scheduled change names is a group of this model
+        from cifartui.engine.runs.settings import LiveSettings, parse_assignments
+        from cifartui.engine.train.models import dropout_groups
+
+        groups = dropout_groups(model)
+        rates = {group: layers[-1][1].rate for group, layers in groups.items()}
+        for i, change in enumerate(config.settings_schedule):
+            updates = parse_assignments(change.set, f"settings_schedule[{i}].set")
+            dropout = {key: value for key, value in updates.items() if key.startswith("dropout.")}
+            if dropout:
+                LiveSettings(config).check(dropout, f"settings_schedule[{i}].set", rates)
 
 
 def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Console, *, resume: bool,

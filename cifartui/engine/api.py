@@ -20,7 +20,8 @@ What it offers, by what the app does with it:
   `find_sweeps`, `read_sweep`, `sweep_of`, `sweep_run_dirs`, `is_sweep_dir`, `last_log_line`,
   `format_value`, `SweepStatus`, `SettingResult`) and their queue (`PlannedRun`,
   `plan_slots`, `ProgressTails`, `lock_holder`, `QueueError`, `toml_document`), and
-  reproductions' folders (`is_reproduction_dir`, `reproduction_of`).
+  reproductions' folders (`is_reproduction_dir`, `reproduction_of`), and the members of a
+  population-based training sweep (`is_pbt_plan`, `read_members`, `MemberView`).
 
 Importing this module does not import PyTorch: the app draws its first screen before
 PyTorch loads. The names of the training part load it on first use (`from
@@ -34,6 +35,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable
 
+from cifartui.engine.orchestration.pbt import MemberView, is_pbt_plan, read_members
 from cifartui.engine.orchestration.queue import PlannedRun, ProgressTails, QueueError, lock_holder, plan_slots, toml_document
 from cifartui.engine.orchestration.reproduce import is_reproduction_dir, reproduction_of
 from cifartui.engine.orchestration.sweep import (SettingResult, SweepRequest, SweepStatus, create_sweep,
@@ -152,5 +154,5 @@ __all__ = [
     "SweepRequest", "SweepStatus", "SettingResult", "plan_sweep", "create_sweep", "drive_in_background",
     "find_sweeps", "read_sweep", "sweep_of", "sweep_run_dirs", "is_sweep_dir", "last_log_line", "format_value",
     "PlannedRun", "plan_slots", "ProgressTails", "lock_holder", "QueueError", "toml_document",
-    "is_reproduction_dir", "reproduction_of",
+    "is_reproduction_dir", "reproduction_of", "MemberView", "is_pbt_plan", "read_members",
 ]

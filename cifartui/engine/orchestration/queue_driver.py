@@ -187,7 +187,7 @@ class QueueRunner:
             how = f"restarted after node lost; {how}"
         self._set_state(entry, "running", how)
         child_device = self.launcher.child_device if self.launcher is not None else device
-        command = child_command(entry, child_device, data_dir=self.data_dir, resume=resume, python=self.python)
+        command = self._command(entry, child_device, resume)
         with entry.output_path.open("ab") as output:
             output.write(f"$ {' '.join(command)}\n".encode())
             output.flush()
@@ -200,6 +200,10 @@ class QueueRunner:
                 env=self._child_environment(device), start_new_session=True,
                 preexec_fn=_die_with_parent(os.getpid()))
         self._slot_of[entry.key] = slot
+
+    def _command(self, entry: QueueEntry, device: str, resume: bool) -> list[str]:
+        """The child's command line; a subclass may start an entry otherwise (PBT starts a branch)."""
+        return child_command(entry, device, data_dir=self.data_dir, resume=resume, python=self.python)
 
     def _child_environment(self, device: str) -> dict[str, str]:
         env = dict(os.environ)

@@ -12,7 +12,20 @@ def validate(config: RunConfig, source: str) -> RunConfig:
     if config.model.name not in MODELS:
         raise ConfigError(source, "model.name",
                           f"unknown model '{config.model.name}'; expected one of: {', '.join(MODELS)}")
-    return check_rules(config, source)
+    check_rules(config, source)
+    _check_settings_schedule(config, source)
+    return config
+
+
+def _check_settings_schedule(config: RunConfig, source: str) -> None:
+    """Each scheduled change names a key `control set` takes, with a value the preset would accept."""
+    from cifartui.engine.runs.settings import LiveSettings, parse_assignments
+
+    for i, change in enumerate(config.settings_schedule):
+        updates = parse_assignments(change.set, f"{source}: settings_schedule[{i}].set")
+        live = {key: value for key, value in updates.items() if not key.startswith("dropout.")}
+        if live:  # dropout groups are the model's: the run checks them once it is built
+            LiveSettings(config).check(live, f"{source}: settings_schedule[{i}].set")
 
 
 __all__ = ["validate"]

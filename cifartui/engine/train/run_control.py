@@ -217,6 +217,21 @@ class RunController:
         return {"ok": True, "step": p.step, "epoch": p.epoch, "changes": diff,
                 "when": {key: when_applied(key) for key in diff}}
 
+    def apply_scheduled(self, epoch: int) -> None:
+        """The changes of config.settings_schedule for `epoch`, as the epoch begins (source "schedule").
+
+        A checkpoint at an epoch's start is written before its change, so a resumed run
+        applies it once; a change the run refuses (a dropout group the model lacks) fails it.
+        """
+        t = self.trainer
+        for index, change in enumerate(t.config.settings_schedule):
+            if change.epoch != epoch:
+                continue
+            updates = parse_assignments(change.set, f"settings_schedule[{index}].set")
+            answer = self.apply_settings(updates, "schedule")
+            if not answer["ok"]:
+                raise ConfigError(f"settings_schedule[{index}]", answer.get("key", ""), answer["error"])
+
     def _take_effect(self, config: RunConfig, diff: dict[str, list[Any]], source: str) -> RunConfig:
         """Make the objects the loop uses follow `config`; returns it (completed where a change implies more)."""
         t = self.trainer

@@ -406,6 +406,7 @@ class Trainer:
     def _begin_epoch(self) -> None:
         """A new epoch: a new batch size takes effect here, then a new permutation of the data."""
         p = self.progress
+        self.run_control.apply_scheduled(p.epoch)  # before the batch size is read: the schedule may change it
         if self.config.train.batch_size != self.batch_size:
             self.batch_size = self.config.train.batch_size
             self.steps_per_epoch = math.ceil(len(self.train_y) / self.batch_size)
@@ -453,7 +454,8 @@ class Trainer:
                     raise ConfigError("resume" if self.resume else "--set", answer.get("key", ""), answer["error"])
             if self.branch is not None:
                 write_json_atomic(self.run_dir / "config.json", self.config.to_dict())  # with its own --set
-                self.checkpoints.save("branched")  # the branch's own last.pt, so it can be resumed at once
+                every = self.config.train.keep_every  # and its own copy of a kept epoch it starts at
+                self.checkpoints.save("branched", keep=bool(every) and p.position == 0 and p.epoch % every == 0)
         self.checkpoints.save_settings()  # as the run starts: the checkpoint's settings and the changes since
         self._emit(ev.PhaseStarted("warming up", "capturing CUDA graphs" if self.graphed else "first steps"))
         self.checkpoints.last_time = time.monotonic()

@@ -24,9 +24,9 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Header, Static
 
-from cifartui.engine.api import (ProgressTails, QueueError, RunDirError, SettingResult, SweepStatus,
-                                 find_sweeps, format_value, is_locked, last_log_line, lock_holder,
-                                 read_sweep)
+from cifartui.engine.api import (MemberView, ProgressTails, QueueError, RunDirError, SettingResult, SweepStatus,
+                                 find_sweeps, format_value, is_locked, is_pbt_plan, last_log_line, lock_holder,
+                                 read_members, read_sweep)
 from cifartui.ui.background import driver_started_here, start_driver
 from cifartui.ui.text import plural
 from cifartui.ui.widgets.footer import KeyFooter
@@ -106,6 +106,7 @@ class SweepsScreen(Screen[None]):
         self.runs_dir = Path(runs_dir)
         self.data_dir = data_dir
         self.statuses: dict[Path, SweepStatus] = {}
+        self.members: dict[Path, list[MemberView]] = {}  # of population-based training sweeps
         self.problems: dict[Path, str] = {}
         self.selected: Path | None = None
         self.wanted: Path | None = None  # a sweep to show as soon as a read has found it (one just started)
@@ -150,7 +151,9 @@ class SweepsScreen(Screen[None]):
                     statuses[directory] = known
                     continue
                 try:
-                    statuses[directory] = read_sweep(directory, progress=self.tails)
+                    statuses[directory] = status = read_sweep(directory, progress=self.tails)
+                    if is_pbt_plan(status.plan):
+                        self.members[directory] = read_members(directory, status.entries)
                 except (QueueError, RunDirError, OSError) as error:
                     problems[directory] = str(error)
         finally:
@@ -193,8 +196,13 @@ class SweepsScreen(Screen[None]):
             counts = status.counts()
             done = sum(counts.get(s, 0) for s in ("finished", "stopped", "failed"))
             best = next((r for r in status.ranked if r.best), None)
+            shown = best.settings if best else None
+            members = {m.key: m for m in self.members.get(directory, [])}
+            if members and is_pbt_plan(status.plan):  # a population: the best member's settings now
+                leader = max(status.runs, key=lambda run: -1.0 if run.best_val_top1 is None else run.best_val_top1)
+                shown = members[leader.key].settings if leader.key in members else shown
             best_setting = "  ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in
-                                     zip(status.varied, settings_text(best.settings, status.varied))) if best else ""
+                                     zip(status.varied, settings_text(shown, status.varied))) if shown else ""
             rows.append((str(directory), [directory.name, str(status.plan.get("preset", "")),
                                           Text(state, style=STATE_STYLE.get(state, "")),
                                           f"{done}/{len(status.runs)}", score_text(best) if best else "-",
@@ -239,6 +247,9 @@ class SweepsScreen(Screen[None]):
             return
         state, note = self.sweep_state(status)
         plan = status.plan
+        if is_pbt_plan(plan):
+            self._show_population(status, state, note)
+            return
         seeds = plan.get("seeds", [])
         halving = f"halving from epoch {plan['halving']}" if plan.get("halving") else "no early stopping"
         counts = ", ".join(f"{n} {state}" for state, n in status.counts().items())
@@ -266,6 +277,31 @@ class SweepsScreen(Screen[None]):
         fill_table(queue, ("run", *varied, "seed", "device", "status", "epoch", "best val top-1", "test top-1",
                            "note"), rows)
 
+    def _show_population(self, status: SweepStatus, state: str, note: str) -> None:
+        """A PBT sweep: its members ranked, and each member's settings now and whom it copied."""
+        spec = status.plan["pbt"]
+        counts = ", ".join(f"{n} {state}" for state, n in status.counts().items())
+        self.query_one("#sweep-about", Static).update(Text.assemble(
+            (status.directory.name, "bold"), f": {status.plan.get('preset', '')}, population-based training of "
+            f"{plural(len(status.runs), 'member')} ({counts}); every {spec['interval']} epochs the worst "
+            f"{spec['quantile']:g} copy the best\n", (state, STATE_STYLE.get(state, "")), f"  {note}" if note else ""))
+        varied = status.varied
+        members = {m.key: m for m in self.members.get(status.directory, [])}
+        order = sorted(status.runs, key=lambda run: -1.0 if run.best_val_top1 is None else -run.best_val_top1)
+        fill_table(self.query_one("#sweep-ranked", DataTable), ("rank", "member", *varied, "best val top-1"),
+                   [(run.key, [str(rank), run.key, *settings_text(members[run.key].settings if run.key in members
+                                                                  else run.settings, varied), pct(run.best_val_top1)])
+                    for rank, run in enumerate(order, start=1)])
+        rows = []
+        for entry, run in zip(status.entries, status.runs):
+            member = members.get(entry.key)
+            epochs = f"{run.epochs_done}/{run.epochs}" if run.state != "pending" else ""
+            rows.append((entry.key, [entry.key, *settings_text(member.settings if member else run.settings, varied),
+                                     Text(run.state, style=STATE_STYLE.get(run.state, "")), epochs,
+                                     pct(run.best_val_top1), member.lineage_text() if member else "", run.message]))
+        fill_table(self.query_one("#sweep-queue", DataTable),
+                   ("member", *varied, "status", "epoch", "best val top-1", "lineage", "note"), rows)
+
     # --- actions ------------------------------------------------------------------------------
 
     def _run_dir_at_cursor(self) -> Path | None:
@@ -274,6 +310,12 @@ class SweepsScreen(Screen[None]):
         if status is None:
             return None
         focused = self.focused
+        if isinstance(focused, DataTable) and focused.id == "sweep-ranked" and is_pbt_plan(status.plan):
+            if not 0 <= focused.cursor_row < focused.row_count:  # members ranked: a row's key is its member
+                return None
+            key = focused.coordinate_to_cell_key((focused.cursor_row, 0)).row_key.value
+            entry = next((e for e in status.entries if e.key == key), None)
+            return entry.run_dir if entry is not None else None
         if isinstance(focused, DataTable) and focused.id == "sweep-ranked":
             if not 0 <= focused.cursor_row < len(status.ranked):
                 return None
