@@ -72,12 +72,17 @@ def test_the_control_channel_answers_during_a_long_step_and_the_change_applies_w
         # A refusal needs no step boundary either: exit 2 at once, nothing queued.
         assert main(["control", str(run), "set", "optimizer.lr=-1", "--timeout", "10"]) == 2
         assert "-1.0 is out of range" in capsys.readouterr().err
-        assert send(run, "pause", timeout=10)["state"] == "paused"
-        assert send(run, "status", timeout=10)["state"] == "paused"
+        # A pause holds once the step ends: until then the run says it is pausing, not paused.
+        assert send(run, "pause", timeout=10)["state"] == "pausing"
+        assert send(run, "status", timeout=10)["state"] == "pausing"
+        assert main(["control", str(run), "pause", "--timeout", "10"]) == 0
+        assert "it pauses when the step ends" in " ".join(capsys.readouterr().out.split())
         assert not recorder.of(ev.SettingsChanged)  # queued, not applied in the middle of a step
     finally:
         LongStepTrainer.gate.set()
     _wait(lambda: recorder.of(ev.RunPaused))
+    paused = send(run, "status", timeout=10)
+    assert paused["state"] == "paused" and paused["step"] == 4
     (changed,) = recorder.of(ev.SettingsChanged)
     assert changed.source == "control" and changed.changes == {"optimizer.lr": [0.02, 0.01]} and changed.step == 4
     assert changed.epoch + 1 == 1  # the epoch the reply named

@@ -124,7 +124,10 @@ def cmd_control(args: argparse.Namespace, console: Console) -> int:
         return EXIT_OK
     run = escape(str(args.run_dir))
     where = f"step {answer.get('step', 0):,} (epoch {answer.get('epoch', 0) + 1})"
-    if args.action == "pause":
+    if args.action == "pause" and answer.get("state") == "pausing":
+        console.print(f"{run} is in a long step at {where}: it pauses when the step ends.", highlight=False,
+                      soft_wrap=True)
+    elif args.action == "pause":
         console.print(f"Paused {run} at {where}.", highlight=False, soft_wrap=True)
     elif args.action == "resume":
         console.print(f"Resumed {run} at {where}.", highlight=False, soft_wrap=True)

@@ -125,6 +125,8 @@ def describe_answer(command: str, answer: dict[str, Any]) -> str:
     """A control channel's answer in a line, for a notification."""
     step = answer.get("step")
     at = f" at step {step:,}" if isinstance(step, int) else ""
+    if command == "pause" and answer.get("state") == "pausing":
+        return f"pausing: in a long step{at}, it pauses when the step ends"
     if command == "pause":
         return f"paused{at}"
     if command == "resume":

@@ -75,7 +75,7 @@ def live_state(run_dir: Path, control: RunControl | None) -> FormState:
         raise RunUnreachable(f"the run's answer could not be read: {error}") from None
     step, epoch = int(answer.get("step", 0)), int(answer.get("epoch", 0))
     total = int(answer.get("total_steps", 0))
-    state = "paused" if answer.get("state") == "paused" else "training"
+    state = answer.get("state") if answer.get("state") in ("paused", "pausing") else "training"
     of = f" of {total:,}" if total else ""
     lr = float(answer["lr"]) if isinstance(answer.get("lr"), (int, float)) else None
     where = f"{state} at step {step:,}{of} (epoch {epoch + 1})" + (f"; learning rate now {lr:.4g}" if lr else "")

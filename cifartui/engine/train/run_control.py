@@ -50,6 +50,9 @@ class RunController:
         self.listener: ChannelListener | None = None
         self.paused_reason: str | None = None
         self.paused_on_fault = False
+        # Set while the loop waits in a pause: a pause asked for during a step holds only once the
+        # step ends, and until then the run is "pausing", not "paused".
+        self.holding = threading.Event()
 
     @property
     def control(self) -> Any:
@@ -129,7 +132,11 @@ class RunController:
         on_fault = self.paused_on_fault
         self.paused_reason, self.paused_on_fault = None, False
         t._emit(ev.RunPaused(step=t.progress.step, epoch=t.progress.epoch, reason=reason, requested=not on_fault))
-        control.wait_while_paused(self._serve_while_paused)
+        self.holding.set()
+        try:
+            control.wait_while_paused(self._serve_while_paused)
+        finally:
+            self.holding.clear()
         if control.stop_reason is None:
             t.emitter.write_problem = None  # resumed: the user freed space; a new failure is reported again
             t.emitter.status("running", step=t.progress.step)
@@ -186,7 +193,8 @@ class RunController:
         """Where the run is and what it trains with now (the answer to `control status`)."""
         t = self.trainer
         p = t.progress
-        return {"state": "paused" if self.control.paused else "running", "step": p.step, "epoch": p.epoch,
+        state = "paused" if self.holding.is_set() else "pausing" if self.control.paused else "running"
+        return {"state": state, "step": p.step, "epoch": p.epoch,
                 "total_steps": t.total_steps, "steps_per_epoch": t.steps_per_epoch, "lr": t.current_lr,
                 "batch_size": t.batch_size, "dropout": t.dropout_schedule.group_rates(),
                 "settings": t.config.to_dict(), "changes": len(t.settings.history),
@@ -319,6 +327,12 @@ class ChannelListener:
     def answer(self, command: str, args: Mapping[str, Any]) -> dict[str, Any]:
         controller = self.controller
         t = controller.trainer
+        if command == "pause" and not t.dist.enabled:
+            answer = controller.handle(command, args, "control")
+            if controller.holding.wait(QUICK_ANSWER_S):  # the step in progress ended: paused, at this step
+                p = t.progress
+                return {**answer, "step": p.step, "epoch": p.epoch}
+            return {**answer, "state": "pausing", "applies": "when the step ends"}
         if command in ("status", "pause", "resume", "stop") or t.dist.enabled:
             return controller.handle(command, args, "control")  # thread-safe requests, or torchrun's refusals
         diff: dict[str, list[Any]] = {}
