@@ -227,7 +227,9 @@ class TrainConfig:
     epochs: int = setting(10, "Epochs to train (ignored when max_steps is set and smaller).", low=1)
     max_steps: int = setting(0, "Stop after this many iterations (0 = no limit).", low=0)
     batch_size: int = setting(128, "Training batch size.", low=1, high=65536)
-    eval_batch_size: int = setting(1000, "Batch size for validation and test.", low=1, high=65536)
+    eval_batch_size: int = setting(1000, "Batch size for validation and test; on the CPU at most the training "
+                                     "batch, so evaluating never raises the run's peak memory.",
+                                     low=1, high=65536)
     seed: int = setting(0, "Seed for weights, data order, augmentation and dropout.",
                         low=0, high=2**32 - 1)  # NumPy's global seed takes no more
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.")

@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,6 +15,7 @@ import torch
 from cifartui.config import DropoutEvent, ModelConfig, ScheduleConfig
 from cifartui.engine.runs import events as ev
 from cifartui.engine.train import trainer as trainer_module
+from cifartui.engine.train.evaluation import evaluation_batch_size
 from cifartui.engine.runs.checkpoint import load_checkpoint
 from cifartui.engine.runs.folders import read_metrics, read_status
 from cifartui.engine.train.trainer import RunControl, Trainer
@@ -267,3 +270,57 @@ def test_lookahead_and_mirror_evaluation_train_the_speedrun_net(tmp_path: Path) 
     assert result.status == "finished" and math.isfinite(result.summary["test_loss"])
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert len(state["lookahead_slow"]) > 0
+
+
+@pytest.mark.parametrize(("device", "requested", "training", "expected"),
+                         [("cpu", 1000, 128, 128), ("cpu", 64, 128, 64), ("cuda", 1000, 128, 1000)])
+def test_evaluation_on_the_cpu_runs_in_batches_no_larger_than_training(device: str, requested: int, training: int,
+                                                                      expected: int) -> None:
+    assert evaluation_batch_size(requested, training, torch.device(device)) == expected
+
+
+# Trains a few steps at batch 32, then evaluates 2,000 test images with train.eval_batch_size
+# 2,000 and reports how far that evaluation raised the process's peak resident memory
+# (Linux resets the peak through /proc/self/clear_refs), the size of the first convolution's
+# output for the whole test set, and the results at the requested batch for comparison.
+_EVALUATION_PEAK = r"""
+import dataclasses, json, re, sys
+from pathlib import Path
+import torch
+from cifartui.engine.train.evaluation import evaluate
+from cifartui.engine.train.trainer import Trainer
+from tests.conftest import tiny_config
+
+def status(key):
+    return int(re.search(key + r":\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+config = tiny_config(epochs=1, batch_size=32, eval_batch_size=2000)
+config = dataclasses.replace(config, dataset=dataclasses.replace(config.dataset, train_size=64, test_size=2000,
+                                                                 val_fraction=0.0))
+trainer = Trainer(config, Path(sys.argv[1]))
+assert trainer.run().status == "finished"
+Path("/proc/self/clear_refs").write_text("5")
+before = status("VmRSS")
+capped = trainer.evaluate(trainer.test_x, trainer.test_y)
+growth = status("VmHWM") - before
+first = trainer.model[0]
+x = trainer.test_x
+activation = len(x) * first.out_channels * x.shape[2] * x.shape[3] * torch.finfo(torch.float32).bits // 8
+whole = evaluate(trainer.model, trainer.preprocess, trainer.test_x, trainer.test_y, classes=10,
+                 batch_size=len(x), flip=False, channels_last=False, autocast=trainer._autocast)
+print(json.dumps({"growth": growth, "activation": activation, "capped": capped, "whole": whole}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc peak-memory reset")
+def test_evaluation_on_the_cpu_does_not_hold_a_whole_eval_batch_of_activations(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", _EVALUATION_PEAK, str(tmp_path / "run")], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # Evaluating all 2,000 images at once holds at least the first convolution's output for all
+    # of them; in batches of 32 the process grows by a small part of that.
+    assert result["growth"] < result["activation"] / 4, result
+    # The same loss and accuracies as one batch of the whole test set, up to rounding.
+    assert result["capped"] == pytest.approx(result["whole"], rel=1e-4, abs=1e-4)

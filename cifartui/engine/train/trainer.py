@@ -39,7 +39,8 @@ from cifartui.engine.train.checkpointing import Checkpointer, Progress, ResumeRe
 from cifartui.engine.train.data import load_dataset, split_validation
 from cifartui.engine.train.devices import DeviceError, activate, autocast_dtype, resolve_device, seed_torch
 from cifartui.engine.train.distributed import Distributed
-from cifartui.engine.train.evaluation import EvaluationInterrupted, evaluate, replicas_identical
+from cifartui.engine.train.evaluation import (EvaluationInterrupted, evaluate, evaluation_batch_size,
+                                              replicas_identical)
 from cifartui.engine.train.emitter import MIN_EMIT_INTERVAL_S, Emitter
 from cifartui.engine.train.models import build_model, dropout_rates, summarize
 from cifartui.engine.train.optim import build_optimizer, lookahead_tensors, prepare_for_graphs
@@ -505,8 +506,12 @@ class Trainer:
         so Ctrl-C during a long evaluation is answered in a batch's time, not the whole pass's.
         """
         interruptible = interruptible and not self.dist.enabled  # processes must evaluate alike
+        # This process's share of a training batch: on the CPU, evaluation stays within the
+        # memory the training steps took (see evaluation_batch_size).
+        share = max(1, self.batch_size // self.dist.world_size)
+        batch = evaluation_batch_size(self.config.train.eval_batch_size, share, self.device)
         return evaluate(self.model, self.preprocess, images, labels, classes=self.dataset.num_classes,
-                        batch_size=self.config.train.eval_batch_size, flip=self.config.train.test_time_flip,
+                        batch_size=batch, flip=self.config.train.test_time_flip,
                         channels_last=self.channels_last, autocast=self._autocast,
                         stop_requested=(lambda: self.control.stop_reason is not None) if interruptible else None)
 
