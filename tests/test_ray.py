@@ -93,7 +93,8 @@ def test_an_address_where_no_cluster_answers_is_refused_before_anything_is_writt
         tmp_path: Path, preset: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (port,) = free_ports(1)
     address = f"http://127.0.0.1:{port}"
-    for command in (["sweep", str(preset), "--seeds", "2"], ["reproduce", "cnn3-cifar10", "--quick"]):
+    for command in (["sweep", str(preset), "--seeds", "2"], ["reproduce", "cnn3-cifar10", "--quick"],
+                    ["sweep", str(preset), "--search", "tpe", "--trials", "2", "--space", "lr=log:1e-3..1e-1"]):
         code = main([*command, "--runs-dir", str(tmp_path / "runs"), "--ray", address])
         err = capsys.readouterr().err
         assert code == 2
@@ -139,6 +140,27 @@ def test_reproduce_fans_the_recipes_out_over_the_cluster(ray_cluster: Cluster, t
     assert [e["state"] for e in entries] == ["finished", "finished"]
     assert all(e["device"].startswith("ray ") for e in entries)
     assert (folder / "report.md").is_file() and "cnn3-cifar10-150ep" in (folder / "report.md").read_text()
+
+
+def test_a_search_asks_its_trials_of_the_cluster_and_tells_the_study(ray_cluster: Cluster, tmp_path: Path,
+                                                                       preset: Path) -> None:
+    import optuna
+
+    from cifartui.engine.orchestration.search import open_study
+    from cifartui.engine.orchestration.sweep import read_plan
+
+    runs_dir = tmp_path / "runs"
+    done = subprocess.run(
+        _cifartui("sweep", str(preset), "--search", "random", "--trials", "2", "--space", "lr=log:1e-3..1e-1",
+                  "--runs-dir", str(runs_dir), "--ray", ray_cluster.address),
+        capture_output=True, text=True, env=ENV, timeout=400)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (folder,) = [p for p in runs_dir.iterdir() if p.is_dir()]
+    entries = _entries(folder)
+    assert [e["state"] for e in entries] == ["finished", "finished"]
+    assert all(e["device"].startswith("ray ") for e in entries)  # each trial a job on the cluster
+    trials = open_study(folder, read_plan(folder)).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
 
 
 def test_a_sweep_over_two_nodes_loses_one_mid_run_and_every_run_finishes_once(

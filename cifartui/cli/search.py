@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cifartui.cli.common import EXIT_FAILED, EXIT_OK, SIGNAL_EXIT
+from cifartui.cli.ray_option import ray_launcher, resume_on_ray
 from cifartui.config import ConfigError
 
 SEARCH_OPTIONS = ("search", "trials", "space", "pruner", "pruner_min_epochs", "pruner_factor")
@@ -73,19 +74,26 @@ def cmd_search(args: argparse.Namespace, console: Console, *, plan_options: tupl
         plan = read_plan(args.resume)
         if not is_search_plan(plan):  # only reached with a search option given, refused above
             raise ConfigError("--resume", str(args.resume), "not a search")
-        queue, slots = RunQueue.resume(args.resume, device=args.device, devices=args.devices,
-                                       parallel=args.parallel, data_dir=args.data_dir)
+        launcher = ray_launcher(args, args.device or (RunQueue.open(args.resume).settings.get("device") if args.ray
+                                                     else None) or "auto")
+        if launcher is not None:  # Ray places the trials: this machine's devices do not matter
+            queue, slots = resume_on_ray(args.resume, args.data_dir), launcher.slots()
+        else:
+            queue, slots = RunQueue.resume(args.resume, device=args.device, devices=args.devices,
+                                           parallel=args.parallel, data_dir=args.data_dir)
     else:
         if args.preset is None:
             raise ConfigError("sweep", "", "expected a PRESET to search, or --resume SWEEP_DIR")
         plan, base = _plan(args)
-        slots = plan_slots(base.train.device, args.devices, args.parallel)  # before anything is written
+        launcher = ray_launcher(args, base.train.device)  # connects, or says why not, before anything is written
+        slots = (launcher.slots() if launcher is not None
+                 else plan_slots(base.train.device, args.devices, args.parallel))
         from cifartui.engine.runs.folders import default_runs_dir
 
         queue = create_search(args.runs_dir or default_runs_dir(), plan, base, device=base.train.device,
                               parallel=args.parallel, devices=args.devices, data_dir=args.data_dir).lock()
     try:
-        return _drive(queue, plan, slots, args, console, display)
+        return _drive(queue, plan, slots, args, console, display, launcher)
     finally:
         queue.unlock()
 
@@ -113,7 +121,7 @@ def _plan(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
 
 
 def _drive(queue: Any, plan: dict[str, Any], slots: list[str], args: argparse.Namespace, console: Console,
-           make_display: Callable[[Console, Any, dict[str, Any]], Any]) -> int:
+           make_display: Callable[[Console, Any, dict[str, Any]], Any], launcher: Any = None) -> int:
     from cifartui.engine.orchestration.search import Search, SearchRunner, search_results
 
     search = Search(queue, plan)
@@ -124,7 +132,7 @@ def _drive(queue: Any, plan: dict[str, Any], slots: list[str], args: argparse.Na
         search(event)  # the study hears of an ended trial before the table shows it
         display(event)
 
-    runner = SearchRunner(queue, slots, search, listener=listener)
+    runner = SearchRunner(queue, slots, search, listener=listener, launcher=launcher)
     received: list[int] = []
 
     def on_signal(number: int, _frame: Any) -> None:
