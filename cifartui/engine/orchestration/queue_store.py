@@ -169,7 +169,7 @@ class RunQueue:
                                    device=data.get("device"), exit_code=data.get("exit_code"),
                                    message=str(data.get("message", "")), attempts=int(data.get("attempts", 0)),
                                    nodes_lost=int(data.get("nodes_lost", 0)))
-            except (KeyError, TypeError, ValueError) as error:
+            except (KeyError, TypeError, ValueError, OverflowError) as error:  # OverflowError: 1e999 reads as inf
                 raise QueueError(f"{entry_dir / 'entry.json'}: damaged ({error})") from None
             entry.recorded_state = entry.state
             if entry.state not in STATES:
