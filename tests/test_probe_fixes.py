@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from cifartui.cli import main
+from cifartui.engine.runs import events as ev
+from cifartui.engine.train.trainer import RunControl, Trainer
+from tests.conftest import tiny_config
 from tests.sweep_helpers import fake_sweep
+from tests.test_trainer import Recorder
 
 
 @pytest.mark.parametrize("field", ["epochs", "attempts", "nodes_lost"])
@@ -26,3 +33,89 @@ def test_an_infinite_number_in_a_sweep_entry_is_named_not_a_traceback(
 
     assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
     assert f"{entry_path}: damaged" in capsys.readouterr().err
+
+
+def test_a_checkpoint_that_meets_a_really_full_device_pauses_the_run_instead_of_failing_it(tmp_path: Path) -> None:
+    # torch's own writer reports a full disk as RuntimeError("unexpected pos ...") with no OSError
+    # behind it; /dev/full answers every write with ENOSPC, as a full filesystem does.
+    if not Path("/dev/full").exists():
+        pytest.fail("this test needs /dev/full (Linux)")
+    control, recorder = RunControl(), Recorder()
+    run_dir = tmp_path / "run"
+    temporary = run_dir / "checkpoints" / f".last.pt.{os.getpid()}.tmp"
+
+    def fill_the_disk_once_training_runs(event: ev.Event) -> None:
+        recorder(event)
+        if isinstance(event, ev.StepMetrics) and not recorder.of(ev.CheckpointFailed):
+            temporary.parent.mkdir(parents=True, exist_ok=True)
+            if not temporary.is_symlink():
+                temporary.symlink_to("/dev/full")
+
+    trainer = Trainer(tiny_config(epochs=2), run_dir, listeners=[fill_the_disk_once_training_runs], control=control)
+    thread = trainer.start()
+    deadline = time.monotonic() + 60
+    while not recorder.of(ev.RunPaused) and thread.is_alive():
+        assert time.monotonic() < deadline, "timed out waiting for the pause"
+        time.sleep(0.01)
+    assert not recorder.of(ev.RunFailed), recorder.of(ev.RunFailed)
+    (failed,) = recorder.of(ev.CheckpointFailed)
+    assert "No space left on device" in failed.error and "No checkpoint of this run is on disk yet" in failed.error
+    assert "previous checkpoint is intact" not in failed.error
+    assert not temporary.is_symlink() and not temporary.exists()  # the half-written file is gone
+    control.resume()  # space was freed: the next write goes through
+    thread.join(60)
+    assert trainer.result.status == "finished"
+
+
+TINY_PRESET = """
+description = "a run small enough to take seconds"
+[dataset]
+name = "synthetic"
+classes = 4
+train_size = 160
+test_size = 64
+val_fraction = 0.25
+[model]
+name = "cnn3"
+[train]
+epochs = 2
+batch_size = 32
+log_every = 1
+checkpoint_minutes = 0.0
+device = "cpu"
+"""
+
+
+def test_a_headless_run_stopped_by_a_full_disk_before_its_first_checkpoint_does_not_offer_a_resume(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if not Path("/dev/full").exists():
+        pytest.fail("this test needs /dev/full (Linux)")
+    preset = tmp_path / "tiny.toml"
+    preset.write_text(TINY_PRESET)
+    run_dir = tmp_path / "run"
+    temporary = run_dir / "checkpoints" / f".last.pt.{os.getpid()}.tmp"
+    stop = threading.Event()
+
+    def keep_the_disk_full_once_the_run_started() -> None:  # after the start, which clears leftover temporary files
+        started = False
+        while not stop.is_set():
+            try:
+                started = started or '"RunStarted"' in (run_dir / "metrics.jsonl").read_text(encoding="utf-8")
+                if started and not temporary.is_symlink():  # each failed write removes it: the disk stays full
+                    temporary.symlink_to("/dev/full")
+            except OSError:
+                pass
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=keep_the_disk_full_once_the_run_started, daemon=True)
+    watcher.start()
+    try:
+        code = main(["train", str(preset), "--run-dir", str(run_dir)])
+    finally:
+        stop.set()
+        watcher.join(5)
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert code == 3, out
+    assert "No space left on device" in out and "No checkpoint of this run is on disk." in out
+    assert "Resume with" not in out and "nothing to resume" in out
+    assert main(["resume", str(run_dir)]) == 2  # what it would have offered: there is no checkpoint

@@ -299,12 +299,14 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
     saved = result.summary.get("saved_step")
     on_disk = (f"The last checkpoint on disk is from step {saved:,}." if saved is not None
                else "No checkpoint of this run is on disk.")
+    # `resume` needs a checkpoint: without one, the run can only be trained again.
+    then = f"Resume with: {how}" if saved is not None else "There is nothing to resume: train it again."
     if not display.pause_reason:  # stopped on request (`cifartui control RUN stop`), as SIGTERM would
         console.print(f"Stopped at step {result.summary['step']}: {escape(str(control.stop_reason))}. {on_disk}\n"
-                      f"Resume with: {how}", highlight=False, soft_wrap=True)
+                      f"{then}", highlight=False, soft_wrap=True)
         return SIGNAL_EXIT[signal.SIGTERM]
     console.print(f"Stopped at step {result.summary['step']}: {escape(display.pause_reason)}\n{on_disk}\n"
-                  f"Resume with: {how}", highlight=False, soft_wrap=True)
+                  f"{then}", highlight=False, soft_wrap=True)
     return EXIT_PAUSED_HEADLESS
 
 
