@@ -119,3 +119,34 @@ def test_a_headless_run_stopped_by_a_full_disk_before_its_first_checkpoint_does_
     assert "No space left on device" in out and "No checkpoint of this run is on disk." in out
     assert "Resume with" not in out and "nothing to resume" in out
     assert main(["resume", str(run_dir)]) == 2  # what it would have offered: there is no checkpoint
+
+
+@pytest.mark.parametrize("value", ["1e999", "NaN", "99999999999999999999999999", "0", "[1]", '"x"', "true"])
+def test_a_damaged_parallel_in_queue_json_is_named_when_the_sweep_resumes(
+        tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep_dir = fake_sweep(tmp_path, "20260101-120000-sweep-tiny", values=(0.02,), seeds=(0,))
+    queue_path = sweep_dir / "queue.json"
+    queue = json.loads(queue_path.read_text())
+    queue["parallel"] = "VALUE"
+    queue_path.write_text(json.dumps(queue).replace('"VALUE"', value))
+    assert main(["sweep", "--resume", str(sweep_dir), "--device", "cpu"]) == 2
+    assert f"{queue_path}: damaged ('parallel'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("option", "expected"), [
+    (["--grid", "optimizer.lr=0.01,0.02", "--parallel", "99999999999999"], "--parallel"),
+    (["--seeds", "99999999999999"], "--seeds"),
+    (["--seeds", "1000000000"], "more than the 1,000 allowed"),
+    (["--random", "99999999999999", "--range", "optimizer.lr=0.001:0.1"], "more than the 1,000 allowed"),
+    (["--grid", "train.batch_size=" + ",".join(str(i) for i in range(1, 1001)),  # 10^9 combinations
+      "--grid", "train.epochs=" + ",".join(str(i) for i in range(1, 1001)),
+      "--grid", "dataset.train_size=" + ",".join(str(i) for i in range(10, 1010))], "more than the 1,000 allowed")])
+def test_a_sweep_far_too_large_is_refused_before_it_fills_the_memory(
+        tmp_path: Path, option: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    preset = tmp_path / "tiny.toml"
+    preset.write_text(TINY_PRESET)
+    runs = tmp_path / "runs"
+    assert main(["sweep", str(preset), "--runs-dir", str(runs), "--device", "cpu", *option]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and expected in err, err
+    assert not runs.exists() or not any(runs.iterdir())  # nothing written
