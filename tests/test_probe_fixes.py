@@ -150,3 +150,21 @@ def test_a_sweep_far_too_large_is_refused_before_it_fills_the_memory(
     err = capsys.readouterr().err
     assert "error:" in err and expected in err, err
     assert not runs.exists() or not any(runs.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("where", ["the runs folder", "a run's checkpoints folder"])
+def test_run_dir_refuses_a_folder_that_holds_runs_or_lies_inside_one(
+        tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]) -> None:
+    preset = tmp_path / "tiny.toml"
+    preset.write_text(TINY_PRESET)
+    runs = tmp_path / "runs"
+    run = runs / "20260101-120000-tiny"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "checkpoints" / "last.pt").write_bytes(b"not looked at")
+    target = runs if where == "the runs folder" else run / "checkpoints"
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["train", str(preset), "--run-dir", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"{target}: --run-dir" in err and ("holds folders" in err or "is inside the run" in err), err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
 import signal
 import threading
@@ -124,6 +125,18 @@ def given_run_dir(path: Path) -> Path:
     _GIVEN_RUN_DIRS.add(run_dir)
     if (run_dir / "config.json").exists():
         raise OutputPathError(f"{run_dir}: --run-dir holds a run already; `cifartui resume {run_dir}` continues it")
+    # A run's files go straight into the folder: a runs folder, a sweep or a run's own checkpoints
+    # folder would get them mixed into what is there. The app makes the folder with files only.
+    if (run_dir.parent / "config.json").exists():
+        raise OutputPathError(f"{run_dir}: --run-dir is inside the run {run_dir.parent}; expected a folder of its own")
+    try:
+        folders = sorted(entry.name for entry in os.scandir(run_dir) if entry.is_dir())
+    except OSError as error:
+        raise OutputPathError(f"{run_dir}: unusable as --run-dir: {error.strerror or error}") from None
+    if folders:
+        raise OutputPathError(f"{run_dir}: --run-dir holds folders ({', '.join(folders[:3])}"
+                              f"{', ...' if len(folders) > 3 else ''}); expected a new or empty folder for one run "
+                              "(--runs-dir makes a run folder inside a folder)")
     return run_dir
 
 
