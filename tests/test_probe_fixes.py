@@ -168,3 +168,16 @@ def test_run_dir_refuses_a_folder_that_holds_runs_or_lies_inside_one(
     err = capsys.readouterr().err
     assert f"{target}: --run-dir" in err and ("holds folders" in err or "is inside the run" in err), err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_runs_dir_given_before_the_command_is_where_the_run_goes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `cifartui --runs-dir DIR run PRESET` (the app's form) and the same before `train`: the
+    # command's own option, not given, used to replace DIR with ./runs.
+    monkeypatch.chdir(tmp_path)
+    preset = tmp_path / "tiny.toml"
+    preset.write_text(TINY_PRESET)
+    chosen = tmp_path / "chosen"
+    assert main(["--runs-dir", str(chosen), "train", str(preset), "--epochs", "1"]) == 0
+    assert [p.name for p in chosen.iterdir()][0].endswith("-tiny")
+    assert not (tmp_path / "runs").exists()
