@@ -181,3 +181,19 @@ def test_runs_dir_given_before_the_command_is_where_the_run_goes(
     assert main(["--runs-dir", str(chosen), "train", str(preset), "--epochs", "1"]) == 0
     assert [p.name for p in chosen.iterdir()][0].endswith("-tiny")
     assert not (tmp_path / "runs").exists()
+
+
+def test_control_of_a_stopped_run_without_a_checkpoint_does_not_offer_a_resume(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "20260101-120000-tiny"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "status.json").write_text(json.dumps({"status": "interrupted", "pid": 1, "host": "elsewhere"}))
+    assert main(["control", str(run), "status"]) == 2
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "is not training now (status: interrupted)" in err and "nothing to resume" in err
+    assert "cifartui resume" not in err
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    assert main(["control", str(run), "status"]) == 2
+    assert f"cifartui resume {run}` continues it" in capsys.readouterr().err.replace("\n", "")
