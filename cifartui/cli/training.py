@@ -64,7 +64,8 @@ def add_parsers(commands: Any) -> None:
     preset_options(train)
     train.add_argument("--summary-json", type=Path, metavar="FILE", help="write the final metrics as JSON")
     train.add_argument("--run-dir", type=Path, metavar="DIR",
-                       help="train into this folder (new, or holding no run yet) instead of a new one under "
+                       help="train into this folder (new, or holding files but no run or folder) "
+                       "instead of a new one under "
                        "--runs-dir; the app starts its background runs this way")
 
     resume = commands.add_parser("resume", help="continue a run from its checkpoints/last.pt")
