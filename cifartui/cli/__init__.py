@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (training, control, sweep, reproduce, listing, results):
         module.add_parsers(commands)
+    # A command's own --runs-dir (or --data-dir, ...) not given must not overwrite the one given
+    # before the command (`cifartui --runs-dir DIR run PRESET`): argparse lets a subcommand's
+    # default win over the value the main parser read.
+    before_command = {action.dest for action in parser._actions if action.option_strings}
+    for command in commands.choices.values():
+        for action in command._actions:
+            if action.dest in before_command and action.option_strings and action.default is None:
+                action.default = argparse.SUPPRESS
     return parser
 
 

@@ -54,7 +54,8 @@ def add_parsers(commands: Any) -> None:
     branch.add_argument("--runs-dir", type=Path, help="where the branch's run directory goes (default: beside "
                         "the parent)")
     branch.add_argument("--run-dir", dest="branch_dir", type=Path, metavar="DIR",
-                        help="train the branch into this folder (new, or holding no run yet) instead of a new one; "
+                        help="train the branch into this folder (new, or holding files but no run or folder) "
+                        "instead of a new one; "
                         "the app starts its background branches this way")
     branch.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the parent's)")
     branch.add_argument("--data-dir", type=Path, help="where CIFAR lives")

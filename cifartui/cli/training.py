@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
 import signal
 import threading
@@ -63,7 +64,8 @@ def add_parsers(commands: Any) -> None:
     preset_options(train)
     train.add_argument("--summary-json", type=Path, metavar="FILE", help="write the final metrics as JSON")
     train.add_argument("--run-dir", type=Path, metavar="DIR",
-                       help="train into this folder (new, or holding no run yet) instead of a new one under "
+                       help="train into this folder (new, or holding files but no run or folder) "
+                       "instead of a new one under "
                        "--runs-dir; the app starts its background runs this way")
 
     resume = commands.add_parser("resume", help="continue a run from its checkpoints/last.pt")
@@ -124,6 +126,18 @@ def given_run_dir(path: Path) -> Path:
     _GIVEN_RUN_DIRS.add(run_dir)
     if (run_dir / "config.json").exists():
         raise OutputPathError(f"{run_dir}: --run-dir holds a run already; `cifartui resume {run_dir}` continues it")
+    # A run's files go straight into the folder: a runs folder, a sweep or a run's own checkpoints
+    # folder would get them mixed into what is there. The app makes the folder with files only.
+    if (run_dir.parent / "config.json").exists():
+        raise OutputPathError(f"{run_dir}: --run-dir is inside the run {run_dir.parent}; expected a folder of its own")
+    try:
+        folders = sorted(entry.name for entry in os.scandir(run_dir) if entry.is_dir())
+    except OSError as error:
+        raise OutputPathError(f"{run_dir}: unusable as --run-dir: {error.strerror or error}") from None
+    if folders:
+        raise OutputPathError(f"{run_dir}: --run-dir holds folders ({', '.join(folders[:3])}"
+                              f"{', ...' if len(folders) > 3 else ''}); expected a new or empty folder for one run "
+                              "(--runs-dir makes a run folder inside a folder)")
     return run_dir
 
 
@@ -310,12 +324,14 @@ def _run(config: RunConfig, run_dir: Path, args: argparse.Namespace, console: Co
     saved = result.summary.get("saved_step")
     on_disk = (f"The last checkpoint on disk is from step {saved:,}." if saved is not None
                else "No checkpoint of this run is on disk.")
+    # `resume` needs a checkpoint: without one, the run can only be trained again.
+    then = f"Resume with: {how}" if saved is not None else "There is nothing to resume: train it again."
     if not display.pause_reason:  # stopped on request (`cifartui control RUN stop`), as SIGTERM would
         console.print(f"Stopped at step {result.summary['step']}: {escape(str(control.stop_reason))}. {on_disk}\n"
-                      f"Resume with: {how}", highlight=False, soft_wrap=True)
+                      f"{then}", highlight=False, soft_wrap=True)
         return SIGNAL_EXIT[signal.SIGTERM]
     console.print(f"Stopped at step {result.summary['step']}: {escape(display.pause_reason)}\n{on_disk}\n"
-                  f"Resume with: {how}", highlight=False, soft_wrap=True)
+                  f"{then}", highlight=False, soft_wrap=True)
     return EXIT_PAUSED_HEADLESS
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from cifartui.config import ConfigError
 
+# Each run at once is a process of its own; far more than this per device is a typo, not a plan.
+MAX_PARALLEL = 256
+
 
 def plan_slots(device: str, devices: str | None = None, parallel: int | None = None) -> list[str]:
     """The device of each run slot: `parallel` runs at once on each chosen device.
@@ -13,8 +16,12 @@ def plan_slots(device: str, devices: str | None = None, parallel: int | None = N
     unless told otherwise; the slots alternate between GPUs so that the first runs
     spread out. A device of cuda:N keeps every run on that GPU.
     """
-    if parallel is not None and parallel < 1:
-        raise ConfigError("--parallel", "", f"expected a positive number of runs per device, got {parallel}")
+    if parallel is not None and (not isinstance(parallel, int) or isinstance(parallel, bool)
+                                 or not 1 <= parallel <= MAX_PARALLEL):
+        raise ConfigError("--parallel", "", f"expected a number of runs at once per device from 1 to {MAX_PARALLEL}, "
+                          f"got {parallel!r}")
+    if not isinstance(device, str) or (devices is not None and not isinstance(devices, str)):
+        raise ConfigError("--device", "", f"expected a device name, got {device!r} (devices {devices!r})")
     per_device = parallel or 1
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ConfigError("--device", "", f"unknown device '{device}'; expected auto, cpu, cuda or cuda:N")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from cifartui.config import RunConfig, to_plain
-from cifartui.engine.orchestration.placement import plan_slots
+from cifartui.engine.orchestration.placement import MAX_PARALLEL, plan_slots
 from cifartui.engine.orchestration.run_progress import RunProgress, read_progress
 from cifartui.engine.runs.folders import (
     LOCK_NAME,
@@ -157,6 +157,13 @@ class RunQueue:
         settings = _read_json(directory / "queue.json", f"is {directory} a queue or sweep directory?")
         if settings.get("format") != QUEUE_FORMAT or not isinstance(settings.get("entries"), list):
             raise QueueError(f"{directory / 'queue.json'}: not a cifartui queue (expected format {QUEUE_FORMAT})")
+        for name, kind in (("device", str), ("devices", str), ("data_dir", str), ("parallel", int)):
+            value = settings.get(name)
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
+                                      or (name == "parallel" and not 1 <= value <= MAX_PARALLEL)):
+                raise QueueError(f"{directory / 'queue.json'}: damaged ('{name}' is {value!r}; expected "
+                                 + (f"a number of runs from 1 to {MAX_PARALLEL}" if kind is int else "text")
+                                 + " or null)")
         entries = []
         for key in settings["entries"]:
             if not isinstance(key, str) or not key.isdigit():
@@ -169,7 +176,7 @@ class RunQueue:
                                    device=data.get("device"), exit_code=data.get("exit_code"),
                                    message=str(data.get("message", "")), attempts=int(data.get("attempts", 0)),
                                    nodes_lost=int(data.get("nodes_lost", 0)))
-            except (KeyError, TypeError, ValueError) as error:
+            except (KeyError, TypeError, ValueError, OverflowError) as error:  # OverflowError: 1e999 reads as inf
                 raise QueueError(f"{entry_dir / 'entry.json'}: damaged ({error})") from None
             entry.recorded_state = entry.state
             if entry.state not in STATES:

@@ -282,15 +282,22 @@ def plan_sweep(base: RunConfig, request: SweepRequest, *, check_model: Callable[
             raise ConfigError("--halving", "dataset.val_fraction", "successive halving compares validation "
                               "accuracy; expected a validation split (dataset.val_fraction > 0)")
 
-    settings = expand(grids, ranges, request.random, base=base)
-    seeds = list(range(request.seeds)) if request.seeds is not None else [base.train.seed]
-    size = len(settings) * len(seeds)
+    if request.seeds is not None and request.seeds > 2**32:  # train.seed goes up to 2^32 - 1
+        raise ConfigError("--seeds", str(request.seeds), f"seeds 0..K-1 must be valid seeds; expected at most "
+                          f"{2**32:,}")
+    # The plan's size is known before any setting is drawn or combined, so a plan far too large
+    # is refused before it fills the memory.
+    setting_count = request.random if request.random is not None else math.prod(len(g.values) for g in grids)
+    seed_count = request.seeds if request.seeds is not None else 1
+    size = setting_count * seed_count
     if announce is not None:
-        announce(size, len(settings), len(seeds))
+        announce(size, setting_count, seed_count)
     if request.max_runs is not None and size > request.max_runs:
-        raise ConfigError("sweep", "", f"the plan has {size:,} runs ({len(settings):,} settings x {len(seeds):,} "
+        raise ConfigError("sweep", "", f"the plan has {size:,} runs ({setting_count:,} settings x {seed_count:,} "
                           f"seeds), more than the {request.max_runs:,} allowed; pass --max-runs {size} (or --yes) "
                           "to plan them all, or sweep fewer values or seeds")
+    settings = expand(grids, ranges, request.random, base=base)
+    seeds = list(range(request.seeds)) if request.seeds is not None else [base.train.seed]
     runs, checked_models = [], {repr(base.model)}
     source = "--range" if ranges else "--grid"
     checked = []  # each setting validated once; its seeds differ in train.seed alone

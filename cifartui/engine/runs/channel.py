@@ -296,7 +296,12 @@ def _remove(path: Path, removed: list[str]) -> None:
 
 def _not_running(run_dir: Path) -> str:
     status = read_status(run_dir).get("status", "unknown")
-    advice = "" if status == "finished" else f"; `cifartui resume {run_dir}` continues it"
+    if status == "finished":
+        advice = ""
+    elif not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
+        advice = "; it wrote no checkpoint, so there is nothing to resume"
+    else:
+        advice = f"; `cifartui resume {run_dir}` continues it"
     return f"{run_dir} is not training now (status: {status}){advice}"
 
 

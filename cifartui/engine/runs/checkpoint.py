@@ -34,7 +34,13 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         # file, a KeyboardInterrupt raised inside one of its write callbacks (a second Ctrl-C)
         # closes the file under torch's writer, whose destructor then writes to it and aborts
         # the process (std::terminate) instead of leaving with 130.
-        torch.save(state, temporary)
+        try:
+            torch.save(state, temporary)
+        except RuntimeError as error:
+            behind = _write_error_behind(temporary)
+            if behind is not None:
+                raise behind from error
+            raise
         descriptor = os.open(temporary, os.O_RDONLY)
         try:
             os.fsync(descriptor)
@@ -45,6 +51,28 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         temporary.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def _write_error_behind(temporary: Path) -> OSError | None:
+    """The OSError behind a torch.save that failed with a RuntimeError, or None if writing works.
+
+    torch's zip writer reports a full disk (or a quota, or an I/O error) as "unexpected pos
+    N vs M" and keeps no OSError; writing to the same file again asks the filesystem itself.
+    """
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_APPEND)
+    except OSError:
+        return None
+    try:
+        block = bytes(1 << 16)
+        for _ in range(16):  # up to 1 MiB: room that a short write left is used up, then the error shows
+            os.write(descriptor, block)
+        os.fsync(descriptor)
+    except OSError as error:
+        return error
+    finally:
+        os.close(descriptor)
+    return None
 
 
 def _fsync_directory(folder: Path) -> None:

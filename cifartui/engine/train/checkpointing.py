@@ -249,10 +249,10 @@ class Checkpointer:
                 space = space_error(error)
                 if space is None:
                     raise  # not a write that failed: the run fails and says why
-                on_disk = (f"checkpoints/last.pt holds step {self.saved_step:,}" if self.saved_step is not None
-                           else "no checkpoint of this run is on disk yet")
-                message = (f"could not write {path}: {space.strerror or space}. The previous checkpoint is intact "
-                           f"({on_disk}); free some space and resume, or stop.")
+                on_disk = (f"The previous checkpoint is intact (checkpoints/last.pt holds step {self.saved_step:,})"
+                           if self.saved_step is not None else "No checkpoint of this run is on disk yet")
+                message = (f"could not write {path}: {space.strerror or space}. {on_disk}; free some space and "
+                           "resume, or stop.")
                 t._emit(ev.CheckpointFailed(path=str(path), step=t.progress.step, error=message))
                 t.run_control.pause_on_fault(f"checkpoint failed: {message}")
                 ok = False

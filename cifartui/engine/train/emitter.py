@@ -77,8 +77,11 @@ class Emitter:
     def report_write_problem(self, path: Path, error: OSError) -> None:
         if self.write_problem is not None:
             return
+        saved = self.trainer.checkpoints.saved_step
+        on_disk = ("the last checkpoint on disk is intact" if saved is not None
+                   else "no checkpoint of this run is on disk yet")
         self.write_problem = (f"could not write {path}: {error.strerror or error}. Free some space, then "
-                              "resume, or stop (the last checkpoint on disk is intact).")
+                              f"resume, or stop ({on_disk}).")
         self.bus.publish(ev.CheckpointFailed(path=str(path), step=self.trainer.progress.step,
                                              error=self.write_problem))
         self.trainer.run_control.pause_on_fault(f"write failed: {self.write_problem}")
