@@ -290,7 +290,12 @@ class RunConfig:
     reference: Reference = setting(Reference(), "The result this recipe reproduces.")
 
     def to_dict(self) -> dict[str, Any]:
-        return to_plain(self)
+        plain = to_plain(self)
+        if not self.settings_schedule:
+            # Written only when there is one: a run's config.json stays readable by versions
+            # that know no settings_schedule, which refuse a key they do not know.
+            del plain["settings_schedule"]
+        return plain
 
 
 PARTS = ("dataset", "model", "optimizer", "augment")

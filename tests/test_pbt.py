@@ -360,3 +360,15 @@ def test_settings_schedule_naming_a_dropout_group_the_model_lacks_is_refused_bef
     error = " ".join(capsys.readouterr().err.split())
     assert "settings_schedule[0].set" in error and "dropout.nowhere" in error and "dense" in error
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_run_without_a_settings_schedule_writes_the_settings_earlier_versions_read() -> None:
+    """Earlier versions refuse a config.json key they do not know: the schedule is written only when there is one."""
+    from cifartui.config import ScheduledChange
+
+    plain = RunConfig().to_dict()
+    assert "settings_schedule" not in plain and from_mapping(RunConfig, plain, "config.json") == RunConfig()
+    scheduled = RunConfig(settings_schedule=(ScheduledChange(epoch=2, set=("optimizer.lr=0.01",)),))
+    written = scheduled.to_dict()
+    assert written["settings_schedule"] == [{"epoch": 2, "set": ["optimizer.lr=0.01"]}]
+    assert from_mapping(RunConfig, written, "config.json") == scheduled
