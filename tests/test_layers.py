@@ -143,3 +143,11 @@ def test_the_facade_loads_its_training_names_when_asked() -> None:
     assert api.Trainer is trainer.Trainer and api.check_resumable is trainer.check_resumable
     for name in api.__all__:  # every name it offers is there (the lazy ones load now)
         getattr(api, name)
+
+
+def test_each_engine_layer_says_what_it_owns_and_what_it_may_import() -> None:
+    for layer in sorted(ENGINE_LAYERS):
+        init = ROOT.parent.joinpath(*layer.split(".")) / "__init__.py"
+        assert init.is_file(), f"{layer} has no __init__.py"  # a namespace package would hide its docstring
+        docstring = ast.get_docstring(ast.parse(init.read_text()))
+        assert docstring and "import" in docstring.lower(), f"{layer}: its docstring should name what it may import"
