@@ -32,10 +32,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="kill -9 trials in test_faults (default 2; the long variant is 100)")
 
 
+SLOW_TESTS = {line.strip() for line in (Path(__file__).parent / "slow_tests.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Two test processes per CPU (`--numprocesses=logical` in pyproject.toml): most tests wait
+    on processes they started, terminals and screens, and one per CPU left the CPUs idle about
+    half the time. PYTEST_XDIST_AUTO_NUM_WORKERS still chooses, as in pytest-xdist."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(2 * cpus, cpus + 8)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tests first, in their usual order: the test processes share them out from
-    the start, instead of one process being left with a long one at the end while the
-    others have nothing left to do."""
+    """The tests listed in slow_tests.txt are slow as well. Then the slow tests first, in their
+    usual order: the test processes share them out from the start, instead of one process
+    being left with a long one at the end while the others have nothing left to do."""
+    for item in items:
+        if item.nodeid.split("[")[0] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 

@@ -132,11 +132,12 @@ def test_killed_search_resumes_each_trial_once_and_ranks_as_the_runs_files_say(t
 def test_asha_prunes_a_clearly_worse_trial_at_its_rung_while_the_others_go_on(
         tmp_path: Path, preset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # identical settings give identical accuracies
-    # Four epochs, rungs at 1 and 4 (the end): the driver reads a run's metrics every half second, and a busy
-    # machine may let a tiny trial end an epoch or two more before it looks; it must still see the
-    # bad trial below its first rung before the trial ends.
+    # Four epochs of 36 steps, rungs at 1 and 4 (the end): the driver reads a run's metrics every half
+    # second, and a trial of a few steps an epoch could end all its epochs between two reads; it must
+    # see the bad trial below its first rung before the trial ends.
     base = load(str(preset))
-    base = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=4))
+    base = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=4),
+                               dataset=dataclasses.replace(base.dataset, train_size=1536))
     # Two classes or ten: at chance, the ten-class arm's accuracy is clearly worse from its first epoch.
     plan, base = plan_search(base, SearchRequest(space=("dataset.classes=2,10",), trials=4, pruner="asha",
                                                    reduction_factor=4))
