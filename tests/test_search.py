@@ -75,7 +75,10 @@ def test_killed_search_resumes_each_trial_once_and_ranks_as_the_runs_files_say(t
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     driver = subprocess.Popen(
         [sys.executable, "-m", "cifartui.cli", "sweep", str(preset), "--runs-dir", str(runs_dir), "--trials", "3",
-         "--space", "lr=log:1e-3..1e-1", "--space", "wd=log:1e-5..1e-3", "--space", "dropout=0.0..0.5"],
+         "--space", "lr=log:1e-3..1e-1", "--space", "wd=log:1e-5..1e-3", "--space", "dropout=0.0..0.5",
+         # 36 steps an epoch: the second trial is still in its last epoch when its driver dies (with a few
+         # steps it could end before the stop reached it, and nothing would be left to resume)
+         "--set", "dataset.train_size=1536"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.monotonic() + 180
