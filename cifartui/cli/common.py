@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +181,28 @@ class LiveQueueTable:
         if self.live is not None:
             self.redraw()
             self.live.stop()
+
+
+def drive(runner: Any, display: Any) -> list[int]:
+    """Run a queue's runner under its live display; the signals that came, in order.
+
+    SIGINT and SIGTERM stop the runner (its runs checkpoint and stop; a second signal makes
+    them leave at once, their last checkpoints intact). The handlers before are put back.
+    """
+    received: list[int] = []
+
+    def on_signal(number: int, _frame: Any) -> None:
+        received.append(number)
+        runner.stop()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in SIGNAL_EXIT:
+            previous[number] = signal.signal(number, on_signal)
+    try:
+        with display:
+            runner.run()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    return received

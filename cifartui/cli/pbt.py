@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cifartui.cli.common import EXIT_FAILED, EXIT_OK, SIGNAL_EXIT
+from cifartui.cli.common import EXIT_FAILED, EXIT_OK, SIGNAL_EXIT, drive
 from cifartui.config import ConfigError
 
 PBT_OPTIONS = ("pbt", "pbt_interval", "pbt_quantile", "pbt_epochs")
@@ -149,26 +147,11 @@ def _drive(queue: Any, plan: dict[str, Any], slots: list[str], args: argparse.Na
     pbt.reconcile()
     display = make_display(console, queue, plan)
     runner = PbtRunner(queue, slots, pbt, listener=display)
-    received: list[int] = []
-
-    def on_signal(number: int, _frame: Any) -> None:
-        received.append(number)
-        runner.stop()
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for number in SIGNAL_EXIT:
-            previous[number] = signal.signal(number, on_signal)
     spec = plan["pbt"]
     console.print(f"PBT of [bold]{escape(plan['preset'])}[/]: {spec['population']} members, every "
                   f"{spec['interval']} epochs the worst {spec['quantile']:g} copy the best; {len(slots)} at once. "
                   f"Sweep directory: {escape(str(queue.directory))}", highlight=False, soft_wrap=True)
-    try:
-        with display:
-            runner.run()
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+    received = drive(runner, display)
     console.print(members_table(queue, plan))
     for message in pbt.messages:
         console.print(escape(message), style="dim", highlight=False, soft_wrap=True)

@@ -45,3 +45,26 @@ def resume_on_ray(directory: Path, data_dir: Path | None) -> Any:
     if data_dir is not None:
         queue.settings["data_dir"] = str(data_dir)
     return queue.lock()
+
+
+def resumed_queue(args: argparse.Namespace) -> tuple[Any, list[str], Any]:
+    """`--resume SWEEP_DIR` of a queue, locked by this process: (queue, slots, launcher), on Ray
+    with `--ray` (its device kept unless --device names one), else on this machine's devices."""
+    from cifartui.engine.orchestration.queue import RunQueue
+
+    launcher = ray_launcher(args, args.device or (RunQueue.open(args.resume).settings.get("device") if args.ray
+                                                 else None) or "auto")
+    if launcher is not None:  # Ray places the runs: this machine's devices do not matter
+        return resume_on_ray(args.resume, args.data_dir), launcher.slots(), launcher
+    queue, slots = RunQueue.resume(args.resume, device=args.device, devices=args.devices, parallel=args.parallel,
+                                   data_dir=args.data_dir)
+    return queue, slots, None
+
+
+def new_slots(args: argparse.Namespace, device: str) -> tuple[list[str], Any]:
+    """The run slots of a new queue and its launcher (None: this machine); checked, and on Ray
+    connected, before anything is written."""
+    from cifartui.engine.orchestration.placement import plan_slots
+
+    launcher = ray_launcher(args, device)
+    return (launcher.slots() if launcher is not None else plan_slots(device, args.devices, args.parallel)), launcher

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +13,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from cifartui.cli.common import (EXIT_FAILED, EXIT_OK, SIGNAL_EXIT, STATE_STYLE, LiveQueueTable, check_output_file,
-                                 pct, state_cell, write_output)
-from cifartui.cli.ray_option import add_ray_option, ray_launcher, resume_on_ray
+from cifartui.cli.common import (EXIT_FAILED, EXIT_OK, LiveQueueTable, SIGNAL_EXIT, STATE_STYLE, check_output_file,
+                                 drive, pct, state_cell, write_output)
+from cifartui.cli.ray_option import add_ray_option, new_slots, resumed_queue
 from cifartui.config import ConfigError
 from cifartui.engine.orchestration.reproduce import QUICK_EPOCHS, QUICK_MAX_STEPS, WITHIN_POINTS
 
@@ -68,7 +66,6 @@ def add_parsers(commands: Any) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
-    from cifartui.engine.orchestration.queue import RunQueue, plan_slots
     from cifartui.engine.orchestration.reproduce import read_plan
 
     for path, option in ((args.markdown, "--markdown"), (args.json, "--json")):
@@ -81,18 +78,11 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
             raise ConfigError("--resume", "", f"a resumed reproduction keeps its plan; {option} cannot change it "
                               "(--parallel, --devices, --device, --data-dir, --markdown and --json can)")
         plan = read_plan(args.resume)
-        launcher = ray_launcher(args, args.device or (RunQueue.open(args.resume).settings.get("device") if args.ray
-                                                     else None) or "auto")
-        if launcher is not None:  # Ray places the runs: this machine's devices do not matter
-            queue, slots = resume_on_ray(args.resume, args.data_dir), launcher.slots()
-        else:
-            queue, slots = RunQueue.resume(args.resume, device=args.device, devices=args.devices,
-                                           parallel=args.parallel, data_dir=args.data_dir)
+        queue, slots, launcher = resumed_queue(args)
     else:
         plan, runs = _plan(args)
         device = args.device or "auto"
-        launcher = ray_launcher(args, device)  # connects, or says why not, before anything is written
-        slots = launcher.slots() if launcher is not None else plan_slots(device, args.devices, args.parallel)
+        slots, launcher = new_slots(args, device)  # on Ray: connects, or says why not, before anything is written
         queue = _create(args, plan, runs, device)
     try:
         return _drive(queue, plan, slots, args, console, launcher)
@@ -138,16 +128,6 @@ def _drive(queue: Any, plan: dict[str, Any], slots: list[str], args: argparse.Na
     if launcher is not None:
         slots = launcher.slots()
     runner = QueueRunner(queue, slots, listener=display, launcher=launcher)
-    received: list[int] = []
-
-    def on_signal(number: int, _frame: Any) -> None:
-        received.append(number)
-        runner.stop()  # a second signal makes the runs leave at once, their last checkpoints intact
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for number in SIGNAL_EXIT:
-            previous[number] = signal.signal(number, on_signal)
     where = ", ".join(sorted(set(slots)))
     quick = " (quick)" if plan.get("quick") else ""
     console.print(f"Reproduction{quick} of {len(queue.entries)} recipes, {len(slots)} at once ({escape(where)}). "
@@ -155,12 +135,7 @@ def _drive(queue: Any, plan: dict[str, Any], slots: list[str], args: argparse.Na
     if plan.get("modified"):
         console.print(f"Modified: {escape(', '.join(plan['modified']))}; the recipes are not trained as written.",
                       highlight=False, soft_wrap=True)
-    try:
-        with display:
-            runner.run()
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+    received = drive(runner, display)
     rows = report_rows(queue.entries, plan)
     console.print(report_table(rows, plan, console.size.width))
     markdown = render_markdown(rows, plan, queue.directory)

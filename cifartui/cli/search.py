@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,8 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cifartui.cli.common import EXIT_FAILED, EXIT_OK, SIGNAL_EXIT
-from cifartui.cli.ray_option import ray_launcher, resume_on_ray
+from cifartui.cli.common import EXIT_FAILED, EXIT_OK, SIGNAL_EXIT, drive
+from cifartui.cli.ray_option import new_slots, resumed_queue
 from cifartui.config import ConfigError
 
 SEARCH_OPTIONS = ("search", "trials", "space", "pruner", "pruner_min_epochs", "pruner_factor")
@@ -61,7 +59,6 @@ def cmd_search(args: argparse.Namespace, console: Console, *, plan_options: tupl
                display: Callable[[Console, Any, dict[str, Any]], Any]) -> int:
     """`sweep` with a search: `plan_options` are sweep's options that a resumed sweep refuses, and
     `display` makes the live table of the runs (sweep's own)."""
-    from cifartui.engine.orchestration.queue import RunQueue, plan_slots
     from cifartui.engine.orchestration.search import create_search, is_search_plan
     from cifartui.engine.orchestration.sweep import read_plan
 
@@ -74,20 +71,12 @@ def cmd_search(args: argparse.Namespace, console: Console, *, plan_options: tupl
         plan = read_plan(args.resume)
         if not is_search_plan(plan):  # only reached with a search option given, refused above
             raise ConfigError("--resume", str(args.resume), "not a search")
-        launcher = ray_launcher(args, args.device or (RunQueue.open(args.resume).settings.get("device") if args.ray
-                                                     else None) or "auto")
-        if launcher is not None:  # Ray places the trials: this machine's devices do not matter
-            queue, slots = resume_on_ray(args.resume, args.data_dir), launcher.slots()
-        else:
-            queue, slots = RunQueue.resume(args.resume, device=args.device, devices=args.devices,
-                                           parallel=args.parallel, data_dir=args.data_dir)
+        queue, slots, launcher = resumed_queue(args)
     else:
         if args.preset is None:
             raise ConfigError("sweep", "", "expected a PRESET to search, or --resume SWEEP_DIR")
         plan, base = _plan(args)
-        launcher = ray_launcher(args, base.train.device)  # connects, or says why not, before anything is written
-        slots = (launcher.slots() if launcher is not None
-                 else plan_slots(base.train.device, args.devices, args.parallel))
+        slots, launcher = new_slots(args, base.train.device)  # on Ray: connects, or says why not, first
         from cifartui.engine.runs.folders import default_runs_dir
 
         queue = create_search(args.runs_dir or default_runs_dir(), plan, base, device=base.train.device,
@@ -133,26 +122,11 @@ def _drive(queue: Any, plan: dict[str, Any], slots: list[str], args: argparse.Na
         display(event)
 
     runner = SearchRunner(queue, slots, search, listener=listener, launcher=launcher)
-    received: list[int] = []
-
-    def on_signal(number: int, _frame: Any) -> None:
-        received.append(number)
-        runner.stop()
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for number in SIGNAL_EXIT:
-            previous[number] = signal.signal(number, on_signal)
     spec = plan["search"]
     console.print(f"Search of [bold]{escape(plan['preset'])}[/] ({spec['sampler']}, pruner {spec['pruner']}): "
                   f"{spec['trials']} trials, {len(slots)} at once. Sweep directory: "
                   f"{escape(str(queue.directory))}", highlight=False, soft_wrap=True)
-    try:
-        with display:
-            runner.run()
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+    received = drive(runner, display)
     for entry in queue.entries:  # a trial that ended as the driver stopped
         if entry.state in ("finished", "stopped", "failed"):
             search.tell(entry)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from cifartui.cli import pbt, search
-from cifartui.cli.common import EXIT_FAILED, EXIT_OK, SIGNAL_EXIT, STATE_STYLE, LiveQueueTable, state_cell
-from cifartui.cli.ray_option import add_ray_option, ray_launcher, resume_on_ray
+from cifartui.cli.common import EXIT_FAILED, EXIT_OK, LiveQueueTable, SIGNAL_EXIT, STATE_STYLE, drive, state_cell
+from cifartui.cli.ray_option import add_ray_option, new_slots, resumed_queue
 from cifartui.cli.training import preset_options
 from cifartui.config import ConfigError
 
@@ -62,7 +60,6 @@ def add_parsers(commands: Any) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
-    from cifartui.engine.orchestration.queue import RunQueue, plan_slots
     from cifartui.engine.orchestration.sweep import read_plan
 
     if args.pbt_export is not None:
@@ -78,19 +75,12 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
             raise ConfigError("--resume", "", f"a resumed sweep keeps its plan; {option} cannot change it "
                               "(--parallel, --devices, --device, --data-dir and --json can)")
         plan = read_plan(args.resume)
-        launcher = ray_launcher(args, args.device or (RunQueue.open(args.resume).settings.get("device") if args.ray
-                                                     else None) or "auto")
-        if launcher is not None:  # Ray places the runs: this machine's devices do not matter
-            queue, slots = resume_on_ray(args.resume, args.data_dir), launcher.slots()
-        else:
-            queue, slots = RunQueue.resume(args.resume, device=args.device, devices=args.devices,
-                                           parallel=args.parallel, data_dir=args.data_dir)
+        queue, slots, launcher = resumed_queue(args)
     else:
         if args.preset is None:
             raise ConfigError("sweep", "", "expected a PRESET to sweep, or --resume SWEEP_DIR")
         plan, runs, device = _plan(args, console)
-        launcher = ray_launcher(args, device)  # connects, or says why not, before anything is written
-        slots = launcher.slots() if launcher is not None else plan_slots(device, args.devices, args.parallel)
+        slots, launcher = new_slots(args, device)  # on Ray: connects, or says why not, before anything is written
         queue = _create(args, plan, runs, device)
     try:
         return _drive(queue, plan, slots, args, console, launcher)
@@ -149,26 +139,11 @@ def _drive(queue: Any, plan: dict[str, Any], slots: list[str], args: argparse.Na
     if launcher is not None:
         slots = launcher.slots()
     runner = QueueRunner(queue, slots, listener=display, on_epoch=on_epoch, launcher=launcher)
-    received: list[int] = []
-
-    def on_signal(number: int, _frame: Any) -> None:
-        received.append(number)
-        runner.stop()  # a second signal makes the runs leave at once, their last checkpoints intact
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for number in SIGNAL_EXIT:
-            previous[number] = signal.signal(number, on_signal)
     where = ", ".join(sorted(set(slots)))
     console.print(f"Sweep of [bold]{escape(plan['preset'])}[/]: {len(queue.entries)} runs, {len(slots)} at once "
                   f"({escape(where)}). Sweep directory: {escape(str(queue.directory))}",
                   highlight=False, soft_wrap=True)
-    try:
-        with display:
-            runner.run()
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+    received = drive(runner, display)
     ranked = rank_settings(sweep_runs(queue.entries))
     console.print(ranked_table(ranked, plan))
     if args.json is not None:
