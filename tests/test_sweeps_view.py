@@ -448,6 +448,10 @@ def test_sweep_form_snapshot(snap_compare, tmp_path: Path, monkeypatch: pytest.M
         await pilot.click("#sweep-seeds")
         await pilot.press("3")
         await wait_for(pilot, lambda: form.draft is not None and len(form.draft.runs) == 12)
+        from textual.widgets import Input
+
+        for field in form.query(Input):  # a blinking cursor is drawn or not by the moment the picture is taken
+            field.cursor_blink = False
         await pilot.pause(0.3)
 
     assert snap_compare(app, terminal_size=(120, 40), run_before=fill_form)
